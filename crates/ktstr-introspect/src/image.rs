@@ -1,0 +1,89 @@
+//! A kernel image: symbols from the vmlinux `.symtab` and types from its
+//! `.BTF` section (or a raw BTF file such as `/sys/kernel/btf/vmlinux`).
+
+use crate::btf::{Btf, BtfError};
+use crate::symbols::Symbols;
+use std::path::Path;
+
+/// Why a kernel image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a usable vmlinux ELF: {0}")]
+    Elf(String),
+    #[error("vmlinux has no {0} section: build with CONFIG_DEBUG_INFO_BTF=y and strip only debug info")]
+    MissingSection(&'static str),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+}
+
+/// Symbols and BTF of one kernel build.
+#[derive(Debug)]
+pub struct KernelImage {
+    symbols: Symbols,
+    btf: Btf,
+}
+
+impl KernelImage {
+    /// Open a vmlinux ELF (memory-mapped; only `.symtab`/`.strtab`/`.BTF`
+    /// are read).
+    pub fn open(path: &Path) -> Result<Self, ImageError> {
+        let io = |source| ImageError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is private and read-only; a concurrent truncation of
+        // the file by another process could fault, which is the accepted
+        // risk of mapping any file.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::from_elf_bytes(&map)
+    }
+
+    /// Parse a vmlinux ELF held in memory.
+    pub fn from_elf_bytes(data: &[u8]) -> Result<Self, ImageError> {
+        let elf = goblin::elf::Elf::parse(data).map_err(|e| ImageError::Elf(e.to_string()))?;
+        let mut btf_bytes = None;
+        let mut has_symtab = false;
+        for sh in &elf.section_headers {
+            match elf.shdr_strtab.get_at(sh.sh_name) {
+                Some(".BTF") => {
+                    let start = sh.sh_offset as usize;
+                    let end = start
+                        .checked_add(sh.sh_size as usize)
+                        .filter(|&e| e <= data.len())
+                        .ok_or_else(|| ImageError::Elf(".BTF section past end of file".into()))?;
+                    btf_bytes = Some(&data[start..end]);
+                }
+                Some(".symtab") => has_symtab = true,
+                _ => {}
+            }
+        }
+        if !has_symtab {
+            return Err(ImageError::MissingSection(".symtab"));
+        }
+        let btf = Btf::from_bytes(btf_bytes.ok_or(ImageError::MissingSection(".BTF"))?)?;
+        Ok(Self {
+            symbols: Symbols::from_elf(&elf),
+            btf,
+        })
+    }
+
+    /// Assemble from parts (tests, raw BTF + a symbol list).
+    pub fn from_parts(symbols: Symbols, btf: Btf) -> Self {
+        Self { symbols, btf }
+    }
+
+    pub fn symbols(&self) -> &Symbols {
+        &self.symbols
+    }
+
+    pub fn btf(&self) -> &Btf {
+        &self.btf
+    }
+}

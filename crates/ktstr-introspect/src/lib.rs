@@ -1,0 +1,11 @@
+//! ktstr-introspect: read a Linux guest kernel's scheduler state straight
+//! from its physical memory, with struct layouts from the kernel's own BTF.
+//!
+//! Pure: files and bytes only (no KVM, no network, no processes), so it can
+//! analyse a vmcore on its own. Data flow: a physical-memory source →
+//! [`image::KernelImage`] (symbols + BTF) → address translation → typed
+//! reads → walkers → views.
+
+pub mod btf;
+pub mod image;
+pub mod symbols;

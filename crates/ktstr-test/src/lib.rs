@@ -1,0 +1,7 @@
+//! ktstr-test: the frontend that ties ktstr's layers into tests.
+//!
+//! This crate owns the kernel and scheduler cache ([`cache`]) and the
+//! provisioning that fills it ([`provision`]).
+
+pub mod cache;
+pub mod provision;

@@ -1,0 +1,178 @@
+//! Debian packages without touching the system's apt setup.
+//!
+//! Kernel sources and the newer pahole/clang that 7.x kernels need come
+//! from suites the machine's apt sources may lack (sid). We fetch them
+//! with a private sources list, private package lists and a private
+//! cache (`apt-get -o Dir::Etc::SourceList=… -o Dir::State::Lists=…`), so
+//! the system's apt configuration is never changed. The mirror is taken
+//! from the machine's own configuration, which is also what a user behind
+//! their own mirror wants.
+
+use super::{run_logged, ProvisionError};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+type Result<T> = std::result::Result<T, ProvisionError>;
+
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// The Debian mirror from the machine's apt configuration: the `URIs:` of
+/// a deb822 `.sources` file or the URL of a `deb` line, skipping
+/// security mirrors.
+pub fn system_mirror() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if p.extension().is_some_and(|e| e == "sources" || e == "list") {
+                if let Ok(t) = fs::read_to_string(&p) {
+                    texts.push(t);
+                }
+            }
+        }
+    }
+    if let Ok(t) = fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    texts.iter().find_map(|t| mirror_from(t))
+}
+
+/// Find a Debian (non-security) mirror in one apt sources text.
+pub fn mirror_from(text: &str) -> Option<String> {
+    let is_debian = |u: &str| {
+        (u.starts_with("http://") || u.starts_with("https://"))
+            && u.trim_end_matches('/').ends_with("/debian")
+    };
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("URIs:") {
+            if let Some(u) = rest.split_whitespace().find(|u| is_debian(u)) {
+                return Some(u.trim_end_matches('/').to_string());
+            }
+        } else if line.starts_with("deb ") {
+            if let Some(u) = line.split_whitespace().find(|u| is_debian(u)) {
+                return Some(u.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A private apt state for one suite under `dir`.
+pub struct PrivateApt {
+    dir: PathBuf,
+    suite: String,
+}
+
+impl PrivateApt {
+    /// Prepare `dir` for `suite` from `mirror`; nothing is downloaded yet.
+    pub fn new(dir: &Path, mirror: &str, suite: &str) -> Result<Self> {
+        for sub in ["lists/partial", "cache/archives/partial", "debs"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(|e| ProvisionError::io(&d, e))?;
+        }
+        let list = dir.join("sources.list");
+        let text = format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n");
+        fs::write(&list, text).map_err(|e| ProvisionError::io(&list, e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            suite: suite.to_string(),
+        })
+    }
+
+    fn apt(&self, verb: &str) -> Command {
+        let mut c = Command::new("apt-get");
+        let d = |s: &str| self.dir.join(s).display().to_string();
+        c.args(["-q", "-o"])
+            .arg(format!("Dir::Etc::SourceList={}", d("sources.list")))
+            .args(["-o", "Dir::Etc::SourceParts=/dev/null", "-o"])
+            .arg(format!("Dir::State::Lists={}", d("lists")))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", d("cache")))
+            .args(["-o", "APT::Sandbox::User=root"])
+            .arg(verb);
+        c
+    }
+
+    /// Fetch the suite's package lists (skipped when fetched within a day).
+    pub fn update(&self, log: &Path) -> Result<()> {
+        let stamp = self.dir.join("lists/.ktstr-updated");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() < 86_400);
+        if fresh {
+            return Ok(());
+        }
+        run_logged(&mut self.apt("update"), log, &format!("apt-get update ({})", self.suite))?;
+        fs::write(&stamp, b"").map_err(|e| ProvisionError::io(&stamp, e))
+    }
+
+    /// Download packages into `<dir>/debs` and return their paths.
+    pub fn download(&self, packages: &[&str], log: &Path) -> Result<Vec<PathBuf>> {
+        let debs = self.dir.join("debs");
+        let mut cmd = self.apt("download");
+        cmd.args(packages).current_dir(&debs);
+        run_logged(&mut cmd, log, &format!("apt-get download {}", packages.join(" ")))?;
+        let mut out = Vec::new();
+        for p in packages {
+            let prefix = format!("{p}_");
+            let mut found: Vec<PathBuf> = fs::read_dir(&debs)
+                .map_err(|e| ProvisionError::io(&debs, e))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|f| {
+                    f.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                        && f.extension().is_some_and(|e| e == "deb")
+                })
+                .collect();
+            found.sort_by_key(|f| fs::metadata(f).and_then(|m| m.modified()).ok());
+            match found.pop() {
+                Some(f) => out.push(f),
+                None => {
+                    return Err(ProvisionError::Failed(format!(
+                        "apt-get download {p} produced no .deb in {}",
+                        debs.display()
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Unpack a .deb into `root` with `dpkg -x` (installs nothing).
+pub fn unpack(deb: &Path, root: &Path, log: &Path) -> Result<()> {
+    fs::create_dir_all(root).map_err(|e| ProvisionError::io(root, e))?;
+    let mut c = Command::new("dpkg");
+    c.arg("-x").arg(deb).arg(root);
+    run_logged(&mut c, log, &format!("dpkg -x {}", deb.display()))
+}
+
+/// `Version:` of a .deb (`dpkg-deb -f`).
+pub fn deb_version(deb: &Path) -> Option<String> {
+    let out = Command::new("dpkg-deb").arg("-f").arg(deb).arg("Version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_from_deb822_and_one_line_styles() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n";
+        assert_eq!(mirror_from(deb822).as_deref(), Some("http://mirror.example/debian"));
+        let sec_first = "URIs: http://m.example/debian-security\nURIs: https://m.example/debian/\n";
+        assert_eq!(mirror_from(sec_first).as_deref(), Some("https://m.example/debian"));
+        let one_line = "# c\ndeb [arch=amd64] http://m.example/debian bookworm main\n";
+        assert_eq!(mirror_from(one_line).as_deref(), Some("http://m.example/debian"));
+        assert_eq!(mirror_from("deb https://other.example/apt stable main\n"), None);
+    }
+}

@@ -1,0 +1,60 @@
+//! Argument parsing and dispatch for the `ktstr` binary.
+
+mod kernel;
+mod sched;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// ktstr: test Linux schedulers (sched_ext) in throw-away VMs with real
+/// kernels, and read the kernel's scheduler state when they break.
+#[derive(Debug, Parser)]
+#[command(name = "ktstr", version, about, long_about = None)]
+pub struct Cli {
+    /// Cache directory for kernels and schedulers [default:
+    /// $KTSTR_CACHE_DIR, else $XDG_CACHE_HOME/ktstr, else ~/.cache/ktstr].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, import, list and locate test kernels.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCmd),
+    /// Build, import and list sched_ext schedulers for a cached kernel.
+    #[command(subcommand)]
+    Sched(sched::SchedCmd),
+}
+
+pub fn cache(cli_dir: &Option<std::path::PathBuf>) -> anyhow::Result<ktstr_test::cache::Cache> {
+    Ok(match cli_dir {
+        Some(d) => ktstr_test::cache::Cache::at(d),
+        None => ktstr_test::cache::Cache::from_env()?,
+    })
+}
+
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Kernel(k) => kernel::run(&cli, k),
+        Command::Sched(s) => sched::run(&cli, s),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ktstr: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
