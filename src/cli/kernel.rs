@@ -1,6 +1,6 @@
 //! `ktstr kernel …`: build, import, list and locate test kernels.
 
-use super::{cache, Cli};
+use super::{Cli, cache};
 use clap::Subcommand;
 use ktstr_test::provision::kernel::{self, KernelBuildOptions};
 use std::path::PathBuf;
@@ -72,7 +72,12 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
         }
         KernelCmd::Import { dir, name } => {
             let m = cache.import_kernel(dir, name.as_deref())?;
-            println!("imported {} ({}) into {}", m.name, m.version, cache.kernel_dir(&m.name).display());
+            println!(
+                "imported {} ({}) into {}",
+                m.name,
+                m.version,
+                cache.kernel_dir(&m.name).display()
+            );
         }
         KernelCmd::List { json } => {
             let all = cache.list_kernels()?;

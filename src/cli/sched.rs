@@ -1,6 +1,6 @@
 //! `ktstr sched …`: build, import and list sched_ext schedulers.
 
-use super::{cache, Cli};
+use super::{Cli, cache};
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,11 +48,14 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
                 None => {
                     cache
                         .default_kernel()?
-                        .ok_or_else(|| anyhow::anyhow!("no cached kernel: run `ktstr kernel build` first"))?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("no cached kernel: run `ktstr kernel build` first")
+                        })?
                         .name
                 }
             };
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             ktstr_test::provision::sched::build(&cache, &k, source.as_deref(), jobs)?;
         }
         SchedCmd::Import { dir, kernel } => {
@@ -75,7 +78,10 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
                 let data = std::fs::read(&p)?;
                 match ktstr_test::provision::sched::is_static_elf(&data) {
                     Ok(true) => {}
-                    Ok(false) => anyhow::bail!("{} is not statically linked; test VMs need static schedulers", p.display()),
+                    Ok(false) => anyhow::bail!(
+                        "{} is not statically linked; test VMs need static schedulers",
+                        p.display()
+                    ),
                     Err(e) => anyhow::bail!("{}: {e}", p.display()),
                 }
                 let dest = cache.install_scheduler(&k, &name, &p)?;
@@ -87,7 +93,10 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
         SchedCmd::List => {
             let kernels = cache.scheduler_kernels()?;
             if kernels.is_empty() {
-                println!("no schedulers in {}; run `ktstr sched build`", cache.root().display());
+                println!(
+                    "no schedulers in {}; run `ktstr sched build`",
+                    cache.root().display()
+                );
             }
             for k in kernels {
                 for p in cache.list_schedulers(&k)? {

@@ -70,7 +70,9 @@ impl Btf {
     }
 
     fn ty(&self, id: u32) -> Result<Type> {
-        self.raw.resolve_type_by_id(id).map_err(|_| BtfError::BadId(id))
+        self.raw
+            .resolve_type_by_id(id)
+            .map_err(|_| BtfError::BadId(id))
     }
 
     fn name_of(&self, t: &dyn BtfType) -> String {
@@ -148,10 +150,10 @@ impl Btf {
             if mname == name {
                 return Ok(Some((m.bit_offset() as u64, m.bitfield_size(), mty)));
             }
-            if mname.is_empty() {
-                if let Some((off, bf, tid)) = self.member(mty, name, depth + 1)? {
-                    return Ok(Some((m.bit_offset() as u64 + off, bf, tid)));
-                }
+            if mname.is_empty()
+                && let Some((off, bf, tid)) = self.member(mty, name, depth + 1)?
+            {
+                return Ok(Some((m.bit_offset() as u64 + off, bf, tid)));
             }
         }
         Ok(None)
@@ -174,10 +176,12 @@ impl Btf {
             if !matches!(t, Type::Struct(_) | Type::Union(_)) {
                 return Err(BtfError::NotComposite(walked));
             }
-            let (off, bf, tid) = self.member(sid, part, 0)?.ok_or_else(|| BtfError::NoField {
-                ty: walked.clone(),
-                field: part.to_string(),
-            })?;
+            let (off, bf, tid) = self
+                .member(sid, part, 0)?
+                .ok_or_else(|| BtfError::NoField {
+                    ty: walked.clone(),
+                    field: part.to_string(),
+                })?;
             bits += off;
             last = Some((bf, tid));
             cur = tid;
@@ -218,7 +222,9 @@ impl Btf {
         if depth > MAX_CHAIN {
             return "?".into();
         }
-        let Ok(t) = self.ty(id) else { return "?".into() };
+        let Ok(t) = self.ty(id) else {
+            return "?".into();
+        };
         let inner = |x: &dyn BtfType| {
             x.get_type_id()
                 .map(|i| self.type_name_depth(i, depth + 1))
@@ -265,12 +271,48 @@ impl Btf {
         Err(BtfError::NoFunc(name.to_string()))
     }
 
+    /// Enumerators of a named enum, as (name, value).
+    pub fn enum_variants(&self, enum_name: &str) -> Vec<(String, i64)> {
+        let Ok(ids) = self.raw.resolve_ids_by_name(enum_name) else {
+            return Vec::new();
+        };
+        for id in ids {
+            match self.ty(id) {
+                Ok(Type::Enum(e)) => {
+                    return e
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let v = if e.is_signed() {
+                                m.val() as i32 as i64
+                            } else {
+                                m.val() as i64
+                            };
+                            (self.name_of(m), v)
+                        })
+                        .collect();
+                }
+                Ok(Type::Enum64(e)) => {
+                    return e
+                        .members
+                        .iter()
+                        .map(|m| (self.name_of(m), m.val() as i64))
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        Vec::new()
+    }
+
     /// Value of an enumerator by name (`SCX_EXIT_ERROR`).
     pub fn enum_value(&self, enumerator: &str) -> Option<i64> {
         // Enumerator names are not indexed by btf-rs; scan the enums.
         // Type ids are dense from 1; stop at the first invalid one.
         for id in 1..=MAX_TYPES {
-            let Ok(t) = self.raw.resolve_type_by_id(id) else { break };
+            let Ok(t) = self.raw.resolve_type_by_id(id) else {
+                break;
+            };
             match &t {
                 Type::Enum(e) => {
                     for m in &e.members {

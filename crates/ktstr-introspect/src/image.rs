@@ -16,7 +16,9 @@ pub enum ImageError {
     },
     #[error("not a usable vmlinux ELF: {0}")]
     Elf(String),
-    #[error("vmlinux has no {0} section: build with CONFIG_DEBUG_INFO_BTF=y and strip only debug info")]
+    #[error(
+        "vmlinux has no {0} section: build with CONFIG_DEBUG_INFO_BTF=y and strip only debug info"
+    )]
     MissingSection(&'static str),
     #[error(transparent)]
     Btf(#[from] BtfError),
@@ -27,6 +29,7 @@ pub enum ImageError {
 pub struct KernelImage {
     symbols: Symbols,
     btf: Btf,
+    banner: Option<Vec<u8>>,
 }
 
 impl KernelImage {
@@ -68,15 +71,37 @@ impl KernelImage {
             return Err(ImageError::MissingSection(".symtab"));
         }
         let btf = Btf::from_bytes(btf_bytes.ok_or(ImageError::MissingSection(".BTF"))?)?;
+        let symbols = Symbols::from_elf(&elf);
+        let banner = symbols.get("linux_banner").and_then(|s| {
+            let off = elf.program_headers.iter().find_map(|ph| {
+                let rel = s.addr.checked_sub(ph.p_vaddr)?;
+                (ph.p_type == goblin::elf::program_header::PT_LOAD && rel < ph.p_filesz)
+                    .then_some(ph.p_offset + rel)
+            })? as usize;
+            let len = (s.size as usize).clamp(1, 512);
+            let b = data.get(off..off.checked_add(len)?)?;
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            Some(b[..end].to_vec())
+        });
         Ok(Self {
-            symbols: Symbols::from_elf(&elf),
+            symbols,
             btf,
+            banner,
         })
     }
 
     /// Assemble from parts (tests, raw BTF + a symbol list).
-    pub fn from_parts(symbols: Symbols, btf: Btf) -> Self {
-        Self { symbols, btf }
+    pub fn from_parts(symbols: Symbols, btf: Btf, banner: Option<Vec<u8>>) -> Self {
+        Self {
+            symbols,
+            btf,
+            banner,
+        }
+    }
+
+    /// The `linux_banner` text of this build (`Linux version ...`).
+    pub fn banner(&self) -> Option<&[u8]> {
+        self.banner.as_deref()
     }
 
     pub fn symbols(&self) -> &Symbols {

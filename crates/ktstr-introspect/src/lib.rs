@@ -7,5 +7,16 @@
 //! reads → walkers → views.
 
 pub mod btf;
+pub mod collect;
+pub mod getters;
 pub mod image;
+pub mod kernel;
+pub mod mem;
+pub mod offsets;
+pub mod regs;
+pub mod render;
+pub mod snapshot;
 pub mod symbols;
+pub mod translate;
+pub mod vmcore;
+pub mod walk;

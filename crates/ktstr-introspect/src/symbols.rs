@@ -44,10 +44,11 @@ impl Symbols {
         sorted.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.name.cmp(&b.name)));
         let mut by_name = HashMap::with_capacity(by_name_addr.len());
         for (i, s) in sorted.iter().enumerate() {
-            if let Some(&(a, sz)) = by_name_addr.get(&s.name) {
-                if a == s.addr && sz == s.size {
-                    by_name.entry(s.name.clone()).or_insert(i);
-                }
+            if let Some(&(a, sz)) = by_name_addr.get(&s.name)
+                && a == s.addr
+                && sz == s.size
+            {
+                by_name.entry(s.name.clone()).or_insert(i);
             }
         }
         Self { by_name, sorted }
@@ -58,11 +59,18 @@ impl Symbols {
         use goblin::elf::sym;
         Self::from_entries(elf.syms.iter().filter_map(|s| {
             let t = s.st_type();
-            if !(t == sym::STT_FUNC || t == sym::STT_OBJECT || t == sym::STT_NOTYPE) || s.st_value == 0 {
+            if !(t == sym::STT_FUNC || t == sym::STT_OBJECT || t == sym::STT_NOTYPE)
+                || s.st_value == 0
+            {
                 return None;
             }
             let name = elf.strtab.get_at(s.st_name)?;
-            Some((name.to_string(), s.st_value, s.st_size, s.st_bind() == sym::STB_GLOBAL))
+            Some((
+                name.to_string(),
+                s.st_value,
+                s.st_size,
+                s.st_bind() == sym::STB_GLOBAL,
+            ))
         }))
     }
 
@@ -80,10 +88,17 @@ impl Symbols {
     /// below it, if the address is within its size (or within 64 KiB of a
     /// sizeless one).
     pub fn symbolize(&self, addr: u64) -> Option<(String, u64)> {
-        let idx = self.sorted.partition_point(|s| s.addr <= addr).checked_sub(1)?;
+        let idx = self
+            .sorted
+            .partition_point(|s| s.addr <= addr)
+            .checked_sub(1)?;
         let s = &self.sorted[idx];
         let off = addr - s.addr;
-        let within = if s.size > 0 { off < s.size } else { off < 0x10000 };
+        let within = if s.size > 0 {
+            off < s.size
+        } else {
+            off < 0x10000
+        };
         within.then(|| (s.name.clone(), off))
     }
 

@@ -24,7 +24,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cannot find a cache directory: set KTSTR_CACHE_DIR (neither XDG_CACHE_HOME nor HOME is set)")]
+    #[error(
+        "cannot find a cache directory: set KTSTR_CACHE_DIR (neither XDG_CACHE_HOME nor HOME is set)"
+    )]
     NoCacheDir,
     #[error("{path}: {source}")]
     Io {
@@ -42,13 +44,17 @@ pub enum CacheError {
          a bzImage path with vmlinux beside it, or the name of a cached kernel (`ktstr kernel list`)"
     )]
     BadKernelEnv { value: String, problem: String },
-    #[error("kernel `{name}` is not in the cache at {cache} (cached: {available}). Run `ktstr kernel build --version {name}` or `ktstr kernel import DIR`")]
+    #[error(
+        "kernel `{name}` is not in the cache at {cache} (cached: {available}). Run `ktstr kernel build --version {name}` or `ktstr kernel import DIR`"
+    )]
     UnknownKernel {
         name: String,
         cache: PathBuf,
         available: String,
     },
-    #[error("scheduler `{name}` not found (looked in: {looked}). Run `ktstr sched build --kernel {kernel}`, or set KTSTR_SCHED_DIR to a directory that has it")]
+    #[error(
+        "scheduler `{name}` not found (looked in: {looked}). Run `ktstr sched build --kernel {kernel}`, or set KTSTR_SCHED_DIR to a directory that has it"
+    )]
     NoScheduler {
         name: String,
         kernel: String,
@@ -56,7 +62,9 @@ pub enum CacheError {
     },
     #[error("invalid kernel artifacts in {dir}: {problem}")]
     Invalid { dir: PathBuf, problem: String },
-    #[error("invalid kernel name `{0}`: use a short version such as 7.2 or 6.12 (letters, digits, `.`, `-`, `_`)")]
+    #[error(
+        "invalid kernel name `{0}`: use a short version such as 7.2 or 6.12 (letters, digits, `.`, `-`, `_`)"
+    )]
     BadName(String),
     #[error("manifest {path}: {source}")]
     Manifest {
@@ -302,8 +310,9 @@ impl Cache {
             fill(&tmp)?;
             let arts = validate_kernel_dir(&tmp)?;
             let config = fs::read(tmp.join("config")).map_err(io(&tmp))?;
-            let version = crate::provision::config::kernel_version(&String::from_utf8_lossy(&config))
-                .unwrap_or_else(|| name.to_string());
+            let version =
+                crate::provision::config::kernel_version(&String::from_utf8_lossy(&config))
+                    .unwrap_or_else(|| name.to_string());
             let manifest = KernelManifest {
                 name: name.to_string(),
                 version,
@@ -320,12 +329,11 @@ impl Cache {
                 },
             };
             let mpath = tmp.join("manifest.json");
-            let text = serde_json::to_string_pretty(&manifest).map_err(|source| {
-                CacheError::Manifest {
+            let text =
+                serde_json::to_string_pretty(&manifest).map_err(|source| CacheError::Manifest {
                     path: mpath.clone(),
                     source,
-                }
-            })?;
+                })?;
             fs::write(&mpath, text).map_err(io(&mpath))?;
             Ok(manifest)
         })();
@@ -641,7 +649,11 @@ mod tests {
         let mut bz = vec![0u8; 0x400];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         fs::write(dir.join("bzImage"), bz).unwrap();
-        fs::write(dir.join("vmlinux"), tiny_elf(&[".symtab", ".strtab", ".BTF"])).unwrap();
+        fs::write(
+            dir.join("vmlinux"),
+            tiny_elf(&[".symtab", ".strtab", ".BTF"]),
+        )
+        .unwrap();
         fs::write(
             dir.join("config"),
             format!("#\n# Linux/x86 {version} Kernel Configuration\n#\nCONFIG_A=y\n"),
@@ -695,7 +707,10 @@ mod tests {
     fn cache_root_order() {
         let r = |a, b, c| cache_root_from(a, b, c).unwrap();
         assert_eq!(r(Some("/k"), Some("/x"), Some("/h")), PathBuf::from("/k"));
-        assert_eq!(r(Some(""), Some("/x"), Some("/h")), PathBuf::from("/x/ktstr"));
+        assert_eq!(
+            r(Some(""), Some("/x"), Some("/h")),
+            PathBuf::from("/x/ktstr")
+        );
         assert_eq!(r(None, None, Some("/h")), PathBuf::from("/h/.cache/ktstr"));
         assert!(matches!(
             cache_root_from(None, Some(""), None),
@@ -709,20 +724,31 @@ mod tests {
         let cache = Cache::at(t.path().join("cache"));
         fake_kernel(&t.path().join("src/6.12"), "6.12.117");
         fake_kernel(&t.path().join("src/7.2"), "7.2.13");
-        let m = cache.import_kernel(&t.path().join("src/6.12"), None).unwrap();
+        let m = cache
+            .import_kernel(&t.path().join("src/6.12"), None)
+            .unwrap();
         assert_eq!(m.name, "6.12");
         assert_eq!(m.version, "6.12.117");
         assert_eq!(m.sizes.bzimage, 0x400);
         assert_eq!(m.config_sha256.len(), 64);
-        cache.import_kernel(&t.path().join("src/7.2"), None).unwrap();
-        let names: Vec<_> = cache.list_kernels().unwrap().into_iter().map(|m| m.name).collect();
+        cache
+            .import_kernel(&t.path().join("src/7.2"), None)
+            .unwrap();
+        let names: Vec<_> = cache
+            .list_kernels()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
         assert_eq!(names, ["7.2", "6.12"]);
         let dir = cache.kernel_dir("7.2");
         for f in ["bzImage", "vmlinux", "config", "manifest.json"] {
             assert!(dir.join(f).is_file(), "{f} missing");
         }
         // Re-import replaces in place and leaves no temporaries.
-        cache.import_kernel(&t.path().join("src/7.2"), None).unwrap();
+        cache
+            .import_kernel(&t.path().join("src/7.2"), None)
+            .unwrap();
         let strays: Vec<_> = fs::read_dir(cache.kernels_dir())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -739,11 +765,19 @@ mod tests {
         let src = t.path().join("7.2");
         fake_kernel(&src, "7.2.13");
         fs::write(src.join("vmlinux"), tiny_elf(&[".symtab", ".strtab"])).unwrap();
-        let err = Cache::at(t.path().join("c")).import_kernel(&src, None).unwrap_err();
+        let err = Cache::at(t.path().join("c"))
+            .import_kernel(&src, None)
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(".BTF") && msg.contains("CONFIG_DEBUG_INFO_BTF"), "{msg}");
+        assert!(
+            msg.contains(".BTF") && msg.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{msg}"
+        );
         fs::write(src.join("bzImage"), b"not a kernel").unwrap();
-        let msg = Cache::at(t.path().join("c")).import_kernel(&src, None).unwrap_err().to_string();
+        let msg = Cache::at(t.path().join("c"))
+            .import_kernel(&src, None)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("bzImage"), "{msg}");
     }
 
@@ -752,28 +786,56 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let cache = Cache::at(t.path().join("cache"));
         let err = resolve_kernel(None, None, &cache).unwrap_err().to_string();
-        assert!(err.contains("ktstr kernel build") && err.contains("ktstr kernel import"), "{err}");
+        assert!(
+            err.contains("ktstr kernel build") && err.contains("ktstr kernel import"),
+            "{err}"
+        );
 
         fake_kernel(&t.path().join("src/6.12"), "6.12.117");
         fake_kernel(&t.path().join("src/7.2"), "7.2.13");
-        cache.import_kernel(&t.path().join("src/6.12"), None).unwrap();
-        cache.import_kernel(&t.path().join("src/7.2"), None).unwrap();
+        cache
+            .import_kernel(&t.path().join("src/6.12"), None)
+            .unwrap();
+        cache
+            .import_kernel(&t.path().join("src/7.2"), None)
+            .unwrap();
         // Cache default: newest.
         assert_eq!(resolve_kernel(None, None, &cache).unwrap().name, "7.2");
         // Requested name beats the default.
-        assert_eq!(resolve_kernel(None, Some("6.12"), &cache).unwrap().name, "6.12");
+        assert_eq!(
+            resolve_kernel(None, Some("6.12"), &cache).unwrap().name,
+            "6.12"
+        );
         // KTSTR_KERNEL beats both: a directory, a bzImage path, a cached name.
         let own = t.path().join("own");
         fake_kernel(&own, "7.3.0");
         let d = own.to_string_lossy().into_owned();
-        assert_eq!(resolve_kernel(Some(&d), Some("6.12"), &cache).unwrap().bzimage, own.join("bzImage"));
+        assert_eq!(
+            resolve_kernel(Some(&d), Some("6.12"), &cache)
+                .unwrap()
+                .bzimage,
+            own.join("bzImage")
+        );
         let bz = own.join("bzImage").to_string_lossy().into_owned();
-        assert_eq!(resolve_kernel(Some(&bz), None, &cache).unwrap().vmlinux, own.join("vmlinux"));
-        assert_eq!(resolve_kernel(Some("6.12"), None, &cache).unwrap().name, "6.12");
-        let err = resolve_kernel(Some("/nonexistent/k"), None, &cache).unwrap_err().to_string();
+        assert_eq!(
+            resolve_kernel(Some(&bz), None, &cache).unwrap().vmlinux,
+            own.join("vmlinux")
+        );
+        assert_eq!(
+            resolve_kernel(Some("6.12"), None, &cache).unwrap().name,
+            "6.12"
+        );
+        let err = resolve_kernel(Some("/nonexistent/k"), None, &cache)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("KTSTR_KERNEL=/nonexistent/k"), "{err}");
-        let err = resolve_kernel(None, Some("5.15"), &cache).unwrap_err().to_string();
-        assert!(err.contains("7.2, 6.12") || err.contains("no such"), "{err}");
+        let err = resolve_kernel(None, Some("5.15"), &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("7.2, 6.12") || err.contains("no such"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -782,12 +844,20 @@ mod tests {
         let cache = Cache::at(t.path().join("cache"));
         let bin = t.path().join("scx_simple");
         fs::write(&bin, b"\x7fELF").unwrap();
-        let err = resolve_scheduler("scx_simple", "7.2", None, &cache).unwrap_err().to_string();
+        let err = resolve_scheduler("scx_simple", "7.2", None, &cache)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ktstr sched build --kernel 7.2"), "{err}");
         let installed = cache.install_scheduler("7.2", "scx_simple", &bin).unwrap();
-        assert_eq!(resolve_scheduler("scx_simple", "7.2", None, &cache).unwrap(), installed);
+        assert_eq!(
+            resolve_scheduler("scx_simple", "7.2", None, &cache).unwrap(),
+            installed
+        );
         let own = t.path().to_string_lossy().into_owned();
-        assert_eq!(resolve_scheduler("scx_simple", "7.2", Some(&own), &cache).unwrap(), bin);
+        assert_eq!(
+            resolve_scheduler("scx_simple", "7.2", Some(&own), &cache).unwrap(),
+            bin
+        );
         assert_eq!(cache.list_schedulers("7.2").unwrap(), vec![installed]);
     }
 
@@ -812,7 +882,10 @@ mod tests {
             let _l = c2.lock("kernel-7.2").unwrap();
             tx.send(()).unwrap();
         });
-        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err()
+        );
         drop(held);
         rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         h.join().unwrap();

@@ -8,7 +8,7 @@
 //! from the machine's own configuration, which is also what a user behind
 //! their own mirror wants.
 
-use super::{run_logged, ProvisionError};
+use super::{ProvisionError, run_logged};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,10 +26,10 @@ pub fn system_mirror() -> Option<String> {
         let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         paths.sort();
         for p in paths {
-            if p.extension().is_some_and(|e| e == "sources" || e == "list") {
-                if let Ok(t) = fs::read_to_string(&p) {
-                    texts.push(t);
-                }
+            if p.extension().is_some_and(|e| e == "sources" || e == "list")
+                && let Ok(t) = fs::read_to_string(&p)
+            {
+                texts.push(t);
             }
         }
     }
@@ -51,10 +51,10 @@ pub fn mirror_from(text: &str) -> Option<String> {
             if let Some(u) = rest.split_whitespace().find(|u| is_debian(u)) {
                 return Some(u.trim_end_matches('/').to_string());
             }
-        } else if line.starts_with("deb ") {
-            if let Some(u) = line.split_whitespace().find(|u| is_debian(u)) {
-                return Some(u.trim_end_matches('/').to_string());
-            }
+        } else if line.starts_with("deb ")
+            && let Some(u) = line.split_whitespace().find(|u| is_debian(u))
+        {
+            return Some(u.trim_end_matches('/').to_string());
         }
     }
     None
@@ -107,7 +107,11 @@ impl PrivateApt {
         if fresh {
             return Ok(());
         }
-        run_logged(&mut self.apt("update"), log, &format!("apt-get update ({})", self.suite))?;
+        run_logged(
+            &mut self.apt("update"),
+            log,
+            &format!("apt-get update ({})", self.suite),
+        )?;
         fs::write(&stamp, b"").map_err(|e| ProvisionError::io(&stamp, e))
     }
 
@@ -116,7 +120,11 @@ impl PrivateApt {
         let debs = self.dir.join("debs");
         let mut cmd = self.apt("download");
         cmd.args(packages).current_dir(&debs);
-        run_logged(&mut cmd, log, &format!("apt-get download {}", packages.join(" ")))?;
+        run_logged(
+            &mut cmd,
+            log,
+            &format!("apt-get download {}", packages.join(" ")),
+        )?;
         let mut out = Vec::new();
         for p in packages {
             let prefix = format!("{p}_");
@@ -137,7 +145,7 @@ impl PrivateApt {
                     return Err(ProvisionError::Failed(format!(
                         "apt-get download {p} produced no .deb in {}",
                         debs.display()
-                    )))
+                    )));
                 }
             }
         }
@@ -155,7 +163,12 @@ pub fn unpack(deb: &Path, root: &Path, log: &Path) -> Result<()> {
 
 /// `Version:` of a .deb (`dpkg-deb -f`).
 pub fn deb_version(deb: &Path) -> Option<String> {
-    let out = Command::new("dpkg-deb").arg("-f").arg(deb).arg("Version").output().ok()?;
+    let out = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(deb)
+        .arg("Version")
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -168,11 +181,23 @@ mod tests {
     #[test]
     fn mirror_from_deb822_and_one_line_styles() {
         let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n";
-        assert_eq!(mirror_from(deb822).as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(
+            mirror_from(deb822).as_deref(),
+            Some("http://mirror.example/debian")
+        );
         let sec_first = "URIs: http://m.example/debian-security\nURIs: https://m.example/debian/\n";
-        assert_eq!(mirror_from(sec_first).as_deref(), Some("https://m.example/debian"));
+        assert_eq!(
+            mirror_from(sec_first).as_deref(),
+            Some("https://m.example/debian")
+        );
         let one_line = "# c\ndeb [arch=amd64] http://m.example/debian bookworm main\n";
-        assert_eq!(mirror_from(one_line).as_deref(), Some("http://m.example/debian"));
-        assert_eq!(mirror_from("deb https://other.example/apt stable main\n"), None);
+        assert_eq!(
+            mirror_from(one_line).as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(
+            mirror_from("deb https://other.example/apt stable main\n"),
+            None
+        );
     }
 }

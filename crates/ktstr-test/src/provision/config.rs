@@ -113,7 +113,7 @@ pub fn verify(fragment: &str, dot_config: &str) -> Vec<Mismatch> {
                 (Want::Unset, Some(g)) => g == "n",
                 (Want::Unset, None) => true,
             };
-            (!ok).then(|| Mismatch {
+            (!ok).then_some(Mismatch {
                 name: req.name,
                 want: req.want,
                 got,

@@ -4,8 +4,8 @@
 
 use super::apt::{self, PrivateApt};
 use super::toolchain::{self, SidRoot};
-use super::{config, run_logged, tools, ProvisionError};
-use crate::cache::{validate_name, Cache, KernelManifest};
+use super::{ProvisionError, config, run_logged, tools};
+use crate::cache::{Cache, KernelManifest, validate_name};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,7 +43,11 @@ impl KernelBuildOptions {
 
 /// Major number of a short version (`7.2` -> 7).
 fn major(version: &str) -> u32 {
-    version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `VERSION.PATCHLEVEL` of a kernel tree, from its top Makefile.
@@ -77,10 +81,10 @@ pub fn fetch_source(cache: &Cache, version: &str, log: &Path) -> Result<(PathBuf
     let base = source_dir(cache, version);
     let tree = base.join(format!("linux-source-{version}"));
     let stamp = base.join(".ktstr-source");
-    if tree.join("Makefile").is_file() {
-        if let Ok(s) = fs::read_to_string(&stamp) {
-            return Ok((tree, s.trim().to_string()));
-        }
+    if tree.join("Makefile").is_file()
+        && let Ok(s) = fs::read_to_string(&stamp)
+    {
+        return Ok((tree, s.trim().to_string()));
     }
     let mirror = apt::system_mirror().ok_or_else(|| {
         ProvisionError::Failed("no Debian mirror in the apt sources: pass --source DIR".into())
@@ -88,8 +92,10 @@ pub fn fetch_source(cache: &Cache, version: &str, log: &Path) -> Result<(PathBuf
     let codename = fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_string()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("VERSION_CODENAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
         })
         .unwrap_or_else(|| "bookworm".into());
     let pkg = format!("linux-source-{version}");
@@ -97,7 +103,9 @@ pub fn fetch_source(cache: &Cache, version: &str, log: &Path) -> Result<(PathBuf
     let mut deb = None;
     for suite in [codename.as_str(), "sid"] {
         let apt = PrivateApt::new(&cache.work_dir().join("apt").join(suite), &mirror, suite)?;
-        let got = apt.update(log).and_then(|_| apt.download(&[pkg.as_str()], log));
+        let got = apt
+            .update(log)
+            .and_then(|_| apt.download(&[pkg.as_str()], log));
         match got {
             Ok(mut d) => {
                 deb = d.pop();
@@ -157,20 +165,30 @@ pub fn log_path(cache: &Cache, what: &str) -> PathBuf {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    cache.work_dir().join("logs").join(format!("{what}-{ts}.log"))
+    cache
+        .work_dir()
+        .join("logs")
+        .join(format!("{what}-{ts}.log"))
 }
 
 /// Build and install a kernel; returns its manifest.
 pub fn build(cache: &Cache, opts: &KernelBuildOptions) -> Result<KernelManifest> {
     let start = Instant::now();
     let log = log_path(cache, &format!("kernel-{}", opts.version));
-    eprintln!("ktstr: building kernel {} (log: {})", opts.version, log.display());
+    eprintln!(
+        "ktstr: building kernel {} (log: {})",
+        opts.version,
+        log.display()
+    );
     tools::ensure(tools::KERNEL_TOOLS, &log)?;
     let (tree, source_desc) = match &opts.source {
         Some(dir) => {
             let v = tree_version(dir)?;
             if v != opts.version {
-                eprintln!("ktstr: {} is a {v} tree; naming the kernel {v}", dir.display());
+                eprintln!(
+                    "ktstr: {} is a {v} tree; naming the kernel {v}",
+                    dir.display()
+                );
             }
             (dir.clone(), format!("tree {}", dir.display()))
         }
@@ -191,7 +209,11 @@ pub fn build(cache: &Cache, opts: &KernelBuildOptions) -> Result<KernelManifest>
         c
     };
     run_logged(&mut make(&["defconfig"]), &log, "make defconfig")?;
-    run_logged(&mut make(&["kvm_guest.config"]), &log, "make kvm_guest.config")?;
+    run_logged(
+        &mut make(&["kvm_guest.config"]),
+        &log,
+        "make kvm_guest.config",
+    )?;
     let frag = cache.work_dir().join("ktstr.config");
     fs::write(&frag, config::FRAGMENT).map_err(|e| ProvisionError::io(&frag, e))?;
     let mut merge = Command::new(tree.join("scripts/kconfig/merge_config.sh"));
@@ -199,12 +221,15 @@ pub fn build(cache: &Cache, opts: &KernelBuildOptions) -> Result<KernelManifest>
     run_logged(&mut merge, &log, "merge ktstr.config")?;
     run_logged(&mut make(&["olddefconfig"]), &log, "make olddefconfig")?;
     let dot_config_path = tree.join(".config");
-    let dot_config =
-        fs::read_to_string(&dot_config_path).map_err(|e| ProvisionError::io(&dot_config_path, e))?;
+    let dot_config = fs::read_to_string(&dot_config_path)
+        .map_err(|e| ProvisionError::io(&dot_config_path, e))?;
     let bad = config::verify(config::FRAGMENT, &dot_config);
     if !bad.is_empty() {
         return Err(ProvisionError::Config(
-            bad.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("\n  "),
+            bad.iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  "),
         ));
     }
     let jobs = format!("-j{}", opts.jobs.max(1));
@@ -268,7 +293,7 @@ pub fn check_kfunc_btf(vmlinux: &Path) -> Result<()> {
             return Err(ProvisionError::Failed(format!(
                 "{}: BTF has no scx_bpf_create_dsq: CONFIG_SCHED_CLASS_EXT or BTF generation failed",
                 vmlinux.display()
-            )))
+            )));
         }
     };
     if params.iter().any(|t| t.contains("bpf_prog_aux")) {
@@ -298,7 +323,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tree_version(t.path()).unwrap(), "7.2");
-        let e = tree_version(Path::new("/nonexistent")).unwrap_err().to_string();
+        let e = tree_version(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent"), "{e}");
     }
 

@@ -38,7 +38,9 @@ pub enum ProvisionError {
     },
     #[error("missing build tools: {missing}.\nInstall them with:\n  {command}")]
     MissingTools { missing: String, command: String },
-    #[error("kernel config check failed: these options did not survive `make olddefconfig`:\n  {0}")]
+    #[error(
+        "kernel config check failed: these options did not survive `make olddefconfig`:\n  {0}"
+    )]
     Config(String),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
@@ -83,8 +85,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path, phase: &str) -> Result<(), Prov
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {wide_msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {prefix}: {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
         b.set_prefix(phase.to_string());
         b.enable_steady_tick(Duration::from_millis(200));
@@ -134,7 +138,11 @@ pub fn run_logged(cmd: &mut Command, log: &Path, phase: &str) -> Result<(), Prov
 
 /// Run a command quietly and return its stdout (for version probes).
 pub fn output_of(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -4,7 +4,7 @@
 
 use super::kernel::{fetch_source, log_path, tree_version};
 use super::toolchain::SidRoot;
-use super::{run_logged, tools, ProvisionError};
+use super::{ProvisionError, run_logged, tools};
 use crate::cache::Cache;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,11 @@ pub fn is_static_elf(data: &[u8]) -> std::result::Result<bool, String> {
 /// (7.2's `scx_qmap` uses BPF arenas, which clang-19 miscompiles for the
 /// verifier), bookworm's clang-19 otherwise.
 fn clang_for(cache: &Cache, version: &str, log: &Path) -> Result<PathBuf> {
-    let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if major >= 7 {
         return SidRoot::new(cache).clang(log);
     }
@@ -41,10 +45,18 @@ fn clang_for(cache: &Cache, version: &str, log: &Path) -> Result<PathBuf> {
 
 /// Build the schedulers for cached kernel `kernel` (source: `source`, or
 /// the tree `ktstr kernel build` left in the cache, or a fresh download).
-pub fn build(cache: &Cache, kernel: &str, source: Option<&Path>, jobs: usize) -> Result<Vec<PathBuf>> {
+pub fn build(
+    cache: &Cache,
+    kernel: &str,
+    source: Option<&Path>,
+    jobs: usize,
+) -> Result<Vec<PathBuf>> {
     let arts = cache.kernel(kernel)?;
     let log = log_path(cache, &format!("sched-{kernel}"));
-    eprintln!("ktstr: building schedulers for kernel {kernel} (log: {})", log.display());
+    eprintln!(
+        "ktstr: building schedulers for kernel {kernel} (log: {})",
+        log.display()
+    );
     tools::ensure(tools::SCHED_TOOLS, &log)?;
     let tree = match source {
         Some(s) => s.to_path_buf(),
@@ -94,7 +106,7 @@ pub fn build(cache: &Cache, kernel: &str, source: Option<&Path>, jobs: usize) ->
                 return Err(ProvisionError::Failed(format!(
                     "{} is not static after relinking",
                     out.display()
-                )))
+                )));
             }
             Err(e) => return Err(ProvisionError::Failed(format!("{}: {e}", out.display()))),
         }
@@ -114,7 +126,8 @@ mod tests {
     fn static_check_on_real_binaries() {
         let sh = fs::read("/bin/sh").unwrap();
         assert!(!is_static_elf(&sh).unwrap(), "/bin/sh is dynamic");
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/schedulers/7.2/scx_simple");
+        let shared =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/schedulers/7.2/scx_simple");
         match fs::read(&shared) {
             Ok(d) => assert!(is_static_elf(&d).unwrap()),
             Err(_) => eprintln!("skipped static half: {} not present", shared.display()),

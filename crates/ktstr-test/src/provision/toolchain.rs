@@ -9,7 +9,7 @@
 //! Nothing is installed on the system.
 
 use super::apt::{self, PrivateApt};
-use super::{output_of, ProvisionError};
+use super::{ProvisionError, output_of};
 use crate::cache::Cache;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -20,14 +20,33 @@ type Result<T> = std::result::Result<T, ProvisionError>;
 
 /// Packages for sid's pahole and its libraries.
 pub const PAHOLE_PACKAGES: &[&str] = &[
-    "pahole", "libdwarves1", "libbpf1", "libdw1t64", "libelf1t64", "libbz2-1.0", "libc6",
-    "liblzma5", "libzstd1", "zlib1g",
+    "pahole",
+    "libdwarves1",
+    "libbpf1",
+    "libdw1t64",
+    "libelf1t64",
+    "libbz2-1.0",
+    "libc6",
+    "liblzma5",
+    "libzstd1",
+    "zlib1g",
 ];
 
 /// Packages for sid's clang-22 beyond [`PAHOLE_PACKAGES`].
 pub const CLANG_PACKAGES: &[&str] = &[
-    "clang-22", "libclang-common-22-dev", "libclang-cpp22", "libllvm22", "llvm-22", "libedit2",
-    "libffi8", "libgcc-s1", "libstdc++6", "libtinfo6", "libxml2-16", "libz3-4", "libbsd0",
+    "clang-22",
+    "libclang-common-22-dev",
+    "libclang-cpp22",
+    "libllvm22",
+    "llvm-22",
+    "libedit2",
+    "libffi8",
+    "libgcc-s1",
+    "libstdc++6",
+    "libtinfo6",
+    "libxml2-16",
+    "libz3-4",
+    "libbsd0",
     "libmd0",
 ];
 
@@ -96,7 +115,8 @@ impl SidRoot {
     fn write_wrapper(&self, name: &str, body: &str) -> Result<PathBuf> {
         fs::create_dir_all(&self.bin).map_err(|e| ProvisionError::io(&self.bin, e))?;
         let path = self.bin.join(name);
-        fs::write(&path, format!("#!/bin/sh\n{body}\n")).map_err(|e| ProvisionError::io(&path, e))?;
+        fs::write(&path, format!("#!/bin/sh\n{body}\n"))
+            .map_err(|e| ProvisionError::io(&path, e))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
             .map_err(|e| ProvisionError::io(&path, e))?;
         Ok(path)
@@ -107,10 +127,13 @@ impl SidRoot {
         self.populate(PAHOLE_PACKAGES, "pahole", log)?;
         let w = self.write_wrapper(
             "pahole",
-            &format!("{} {}/usr/bin/pahole \"$@\"", self.loader_prefix(&[]), self.root.display()),
+            &format!(
+                "{} {}/usr/bin/pahole \"$@\"",
+                self.loader_prefix(&[]),
+                self.root.display()
+            ),
         )?;
-        let v = output_of(Command::new(&w).arg("--version"))
-            .and_then(|s| parse_pahole_version(&s));
+        let v = output_of(Command::new(&w).arg("--version")).and_then(|s| parse_pahole_version(&s));
         match v {
             Some(v) if v >= MIN_PAHOLE_7X => Ok(w),
             other => Err(ProvisionError::Failed(format!(

@@ -2,7 +2,7 @@
 //! headers must exist, which Debian packages provide them, and installing
 //! them with apt-get when running as root (otherwise printing the command).
 
-use super::{is_root, run_logged, ProvisionError};
+use super::{ProvisionError, is_root, run_logged};
 use std::path::Path;
 use std::process::Command;
 
@@ -17,39 +17,117 @@ pub struct Tool {
 
 /// What `ktstr kernel build` needs.
 pub const KERNEL_TOOLS: &[Tool] = &[
-    Tool { probe: "make", package: "make" },
-    Tool { probe: "gcc", package: "gcc" },
-    Tool { probe: "flex", package: "flex" },
-    Tool { probe: "bison", package: "bison" },
-    Tool { probe: "bc", package: "bc" },
-    Tool { probe: "objcopy", package: "binutils" },
-    Tool { probe: "cpio", package: "cpio" },
-    Tool { probe: "perl", package: "perl" },
-    Tool { probe: "xz", package: "xz-utils" },
-    Tool { probe: "pahole", package: "dwarves" },
-    Tool { probe: "dpkg-deb", package: "dpkg" },
-    Tool { probe: "/usr/share/keyrings/debian-archive-keyring.gpg", package: "debian-archive-keyring" },
-    Tool { probe: "/usr/include/libelf.h", package: "libelf-dev" },
-    Tool { probe: "/usr/include/openssl/ssl.h", package: "libssl-dev" },
-    Tool { probe: "/usr/include/zlib.h", package: "zlib1g-dev" },
-    Tool { probe: "/usr/include/zstd.h", package: "libzstd-dev" },
+    Tool {
+        probe: "make",
+        package: "make",
+    },
+    Tool {
+        probe: "gcc",
+        package: "gcc",
+    },
+    Tool {
+        probe: "flex",
+        package: "flex",
+    },
+    Tool {
+        probe: "bison",
+        package: "bison",
+    },
+    Tool {
+        probe: "bc",
+        package: "bc",
+    },
+    Tool {
+        probe: "objcopy",
+        package: "binutils",
+    },
+    Tool {
+        probe: "cpio",
+        package: "cpio",
+    },
+    Tool {
+        probe: "perl",
+        package: "perl",
+    },
+    Tool {
+        probe: "xz",
+        package: "xz-utils",
+    },
+    Tool {
+        probe: "pahole",
+        package: "dwarves",
+    },
+    Tool {
+        probe: "dpkg-deb",
+        package: "dpkg",
+    },
+    Tool {
+        probe: "/usr/share/keyrings/debian-archive-keyring.gpg",
+        package: "debian-archive-keyring",
+    },
+    Tool {
+        probe: "/usr/include/libelf.h",
+        package: "libelf-dev",
+    },
+    Tool {
+        probe: "/usr/include/openssl/ssl.h",
+        package: "libssl-dev",
+    },
+    Tool {
+        probe: "/usr/include/zlib.h",
+        package: "zlib1g-dev",
+    },
+    Tool {
+        probe: "/usr/include/zstd.h",
+        package: "libzstd-dev",
+    },
 ];
 
 /// What `ktstr sched build` needs besides a BPF-capable clang.
 pub const SCHED_TOOLS: &[Tool] = &[
-    Tool { probe: "make", package: "make" },
-    Tool { probe: "gcc", package: "gcc" },
-    Tool { probe: "pkg-config", package: "pkg-config" },
-    Tool { probe: "/usr/include/libelf.h", package: "libelf-dev" },
-    Tool { probe: "/usr/include/zlib.h", package: "zlib1g-dev" },
-    Tool { probe: "/usr/include/zstd.h", package: "libzstd-dev" },
-    Tool { probe: "/usr/lib/x86_64-linux-gnu/libelf.a", package: "libelf-dev" },
-    Tool { probe: "/usr/lib/x86_64-linux-gnu/libzstd.a", package: "libzstd-dev" },
-    Tool { probe: "/usr/include/sys/capability.h", package: "libcap-dev" },
+    Tool {
+        probe: "make",
+        package: "make",
+    },
+    Tool {
+        probe: "gcc",
+        package: "gcc",
+    },
+    Tool {
+        probe: "pkg-config",
+        package: "pkg-config",
+    },
+    Tool {
+        probe: "/usr/include/libelf.h",
+        package: "libelf-dev",
+    },
+    Tool {
+        probe: "/usr/include/zlib.h",
+        package: "zlib1g-dev",
+    },
+    Tool {
+        probe: "/usr/include/zstd.h",
+        package: "libzstd-dev",
+    },
+    Tool {
+        probe: "/usr/lib/x86_64-linux-gnu/libelf.a",
+        package: "libelf-dev",
+    },
+    Tool {
+        probe: "/usr/lib/x86_64-linux-gnu/libzstd.a",
+        package: "libzstd-dev",
+    },
+    Tool {
+        probe: "/usr/include/sys/capability.h",
+        package: "libcap-dev",
+    },
 ];
 
 /// What the qemu engine needs on the host.
-pub const QEMU_TOOLS: &[Tool] = &[Tool { probe: "qemu-system-x86_64", package: "qemu-system-x86" }];
+pub const QEMU_TOOLS: &[Tool] = &[Tool {
+    probe: "qemu-system-x86_64",
+    package: "qemu-system-x86",
+}];
 
 /// Is a command on PATH?
 pub fn on_path(cmd: &str) -> bool {
@@ -128,18 +206,33 @@ mod tests {
     #[test]
     fn install_command_dedups_packages() {
         let t = [
-            Tool { probe: "/usr/include/libelf.h", package: "libelf-dev" },
-            Tool { probe: "/usr/lib/x86_64-linux-gnu/libelf.a", package: "libelf-dev" },
-            Tool { probe: "flex", package: "flex" },
+            Tool {
+                probe: "/usr/include/libelf.h",
+                package: "libelf-dev",
+            },
+            Tool {
+                probe: "/usr/lib/x86_64-linux-gnu/libelf.a",
+                package: "libelf-dev",
+            },
+            Tool {
+                probe: "flex",
+                package: "flex",
+            },
         ];
-        assert_eq!(install_command(&t), "sudo apt-get install -y flex libelf-dev");
+        assert_eq!(
+            install_command(&t),
+            "sudo apt-get install -y flex libelf-dev"
+        );
     }
 
     #[test]
     fn probes_find_real_things() {
         assert!(on_path("sh"));
         assert!(!on_path("definitely-not-a-ktstr-command"));
-        let miss = missing(&[Tool { probe: "/nonexistent/x.h", package: "x-dev" }]);
+        let miss = missing(&[Tool {
+            probe: "/nonexistent/x.h",
+            package: "x-dev",
+        }]);
         assert_eq!(miss.len(), 1);
     }
 }
