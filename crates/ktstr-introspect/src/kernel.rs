@@ -294,6 +294,33 @@ impl<M: PhysMem> Kernel<M> {
     }
 }
 
+/// Parameters from a known virtual slide (e.g. the guest reported
+/// `_text` from /proc/kallsyms) and a CPU's CR3: phys_base comes from a
+/// page-table walk of the runtime `_text`.
+pub fn params_from_slide(
+    mem: &dyn PhysMem,
+    image: &KernelImage,
+    cpu: &CpuRegs,
+    slide: u64,
+) -> Result<TranslationParams> {
+    let text = image
+        .symbols()
+        .addr("_text")
+        .ok_or_else(|| KernelError::NoSymbol("_text".into()))?;
+    let runtime = text.wrapping_add(slide);
+    let (cr3, la57) = (cpu.pgd_pa(), cpu.la57());
+    let pa = walk_page_tables(mem, cr3, la57, runtime)?;
+    let mut p = TranslationParams {
+        kaslr_offset: slide,
+        phys_base: pa.wrapping_sub(runtime.wrapping_sub(START_KERNEL_MAP)),
+        cr3,
+        la57,
+        ..Default::default()
+    };
+    finish_params(mem, image, &mut p)?;
+    Ok(p)
+}
+
 /// Find translation parameters: see the module docs for the order.
 pub fn discover_params(
     mem: &dyn PhysMem,

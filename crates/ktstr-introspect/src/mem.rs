@@ -92,6 +92,18 @@ impl<T: PhysMem + ?Sized> PhysMem for &T {
     }
 }
 
+impl<T: PhysMem + ?Sized> PhysMem for std::sync::Arc<T> {
+    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        (**self).read_phys(addr, buf)
+    }
+    fn write_phys(&self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        (**self).write_phys(addr, data)
+    }
+    fn regions(&self) -> Vec<(u64, u64)> {
+        (**self).regions()
+    }
+}
+
 /// Find the range holding `[addr, addr+len)` among sorted, non-overlapping
 /// `(start, len)` ranges; returns (range index, offset within it).
 pub fn locate(ranges: &[(u64, u64)], addr: u64, len: usize) -> Option<(usize, u64)> {

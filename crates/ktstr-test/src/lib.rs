@@ -4,4 +4,8 @@
 //! provisioning that fills it ([`provision`]).
 
 pub mod cache;
+pub mod initramfs;
+pub mod libs;
 pub mod provision;
+pub mod session;
+pub mod vmtest;

@@ -1,3 +1,17 @@
-//! ktstr-wire: the host<->guest protocol (framed postcard messages).
+//! ktstr-wire: the host<->guest protocol.
 //!
-//! Filled by the "ktstr-wire and guest-init" issue; nothing here yet.
+//! Messages ([`msg`]) are postcard-encoded inside checksummed, bounded
+//! frames ([`frame`]) over any blocking `Read`/`Write` (virtio-serial port
+//! or vsock). The kernel-op types ([`kernel_op`]) are here because the
+//! guest sends them.
+
+pub mod frame;
+pub mod kernel_op;
+pub mod msg;
+
+pub use frame::{FrameError, MAX_FRAME, read_msg, write_msg};
+pub use kernel_op::*;
+pub use msg::*;
+
+#[cfg(test)]
+mod tests;

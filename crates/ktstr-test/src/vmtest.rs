@@ -1,0 +1,133 @@
+//! Support for tests that boot VMs: find a kernel and an engine, or say
+//! exactly why not. With `KTSTR_REQUIRE_VM=1` (CI sets it) a missing
+//! kernel or engine fails the test instead of skipping it.
+
+use crate::cache::{Cache, KernelArtifacts, resolve_kernel, resolve_scheduler};
+use crate::initramfs::Initramfs;
+use crate::session::{self, OpHandler, QEMU_CHANNEL_CMDLINE, SessionResult};
+use ktstr_vmm::{RunningVm, Topology, VmSpec};
+use ktstr_wire::RunSpec;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a VM test needs.
+#[derive(Debug, Clone)]
+pub struct VmEnv {
+    pub cache: Cache,
+    pub kernel: KernelArtifacts,
+}
+
+fn required() -> bool {
+    std::env::var("KTSTR_REQUIRE_VM").is_ok_and(|v| v == "1")
+}
+
+/// Resolve the environment, or skip (returning None, with the reason on
+/// stderr), or panic when `KTSTR_REQUIRE_VM=1`.
+pub fn vm_env(kernel: Option<&str>) -> Option<VmEnv> {
+    let why = match try_env(kernel) {
+        Ok(e) => return Some(e),
+        Err(why) => why,
+    };
+    if required() {
+        panic!("KTSTR_REQUIRE_VM=1 but this test cannot boot a VM: {why}");
+    }
+    eprintln!(
+        "SKIPPED (cannot boot a VM here; set KTSTR_REQUIRE_VM=1 to make this a failure): {why}"
+    );
+    None
+}
+
+fn try_env(kernel: Option<&str>) -> Result<VmEnv, String> {
+    let cache = Cache::from_env().map_err(|e| e.to_string())?;
+    let env = std::env::var("KTSTR_KERNEL").ok();
+    let kernel = resolve_kernel(env.as_deref(), kernel, &cache).map_err(|e| e.to_string())?;
+    ktstr_vmm::engine::select().map_err(|e| e.to_string())?;
+    let (maj, _) = ktstr_vmm::qemu::qemu_version().map_err(|e| e.to_string())?;
+    if maj < 10 {
+        tracing::warn!(
+            "QEMU {maj}.x: MTTCG crashes guests when schedulers load/unload; use QEMU >= 10"
+        );
+    }
+    Ok(VmEnv { cache, kernel })
+}
+
+impl VmEnv {
+    /// A scheduler binary for this kernel (cache or KTSTR_SCHED_DIR).
+    pub fn scheduler(&self, name: &str) -> Result<PathBuf, String> {
+        let d = std::env::var("KTSTR_SCHED_DIR").ok();
+        resolve_scheduler(name, &self.kernel.name, d.as_deref(), &self.cache)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Where built initramfs archives are cached.
+    pub fn initramfs_dir(&self) -> PathBuf {
+        self.cache.root().join("initramfs")
+    }
+
+    /// A VmSpec for this kernel with channel 0 wired to guest-init.
+    pub fn spec(
+        &self,
+        initramfs: PathBuf,
+        topology: Topology,
+        memory_mb: u32,
+        timeout: Duration,
+    ) -> VmSpec {
+        let mut s = VmSpec::new(&self.kernel.bzimage);
+        s.initramfs = Some(initramfs);
+        s.cmdline = QEMU_CHANNEL_CMDLINE.to_string();
+        s.topology = topology;
+        s.memory_mb = memory_mb;
+        s.timeout = timeout;
+        s.channels = vec![0];
+        if std::env::var("KTSTR_CONSOLE").is_ok_and(|v| v == "1") {
+            s.console_sink = Some(std::sync::Arc::new(|l: &str| eprintln!("[guest] {l}")));
+        }
+        s
+    }
+
+    /// Build (or reuse) an initramfs and boot a session with it.
+    pub fn run(
+        &self,
+        initramfs: &Initramfs,
+        topology: Topology,
+        memory_mb: u32,
+        timeout: Duration,
+        run: &RunSpec,
+        on_ops: &mut OpHandler<'_>,
+    ) -> Result<(SessionResult, RunningVm), String> {
+        let path = initramfs
+            .write_cached(&self.initramfs_dir())
+            .map_err(|e| e.to_string())?;
+        let spec = self.spec(path, topology, memory_mb, timeout);
+        let vm = RunningVm::boot(&spec).map_err(|e| e.to_string())?;
+        let r = session::run(&vm, run, on_ops);
+        Ok((r, vm))
+    }
+}
+
+/// A RunSpec whose payload is a guest-init helper (`/init <args>`).
+pub fn helper_run(args: &[&str], timeout: Duration) -> RunSpec {
+    RunSpec {
+        payload_argv: std::iter::once("/init")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect(),
+        payload_timeout_ms: timeout.as_millis() as u64,
+        ..Default::default()
+    }
+}
+
+/// An op handler for sessions that send no kernel ops.
+pub fn no_ops() -> impl FnMut(
+    &RunningVm,
+    Option<&ktstr_wire::Hello>,
+    &[ktstr_wire::KernelOp],
+) -> Vec<ktstr_wire::KernelOpReplyPayload> {
+    |_, _, ops| {
+        ops.iter()
+            .map(|_| {
+                ktstr_wire::KernelOpReplyPayload::refused("no kernel-op handler in this session")
+            })
+            .collect()
+    }
+}

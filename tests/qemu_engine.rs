@@ -1,0 +1,155 @@
+//! End-to-end tests of the qemu engine with the real 7.2 kernel: boot to
+//! userspace with several topologies, bytes both ways, exit codes, a
+//! kernel panic, a hung guest killed at its timeout, no QEMU left behind.
+
+use ktstr::introspect::collect::{CollectOptions, snapshot};
+use ktstr_test::initramfs::Initramfs;
+use ktstr_test::vmtest::{helper_run, no_ops, vm_env};
+use ktstr_vmm::{Topology, VmExit};
+use ktstr_wire::Phase;
+use std::time::Duration;
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn boots_reports_topology_and_exit_code() {
+    let Some(env) = vm_env(None) else { return };
+    for topo in [
+        Topology::flat(1),
+        Topology::flat(2),
+        Topology {
+            nodes: 1,
+            llcs: 2,
+            cores: 2,
+            threads: 1,
+        },
+    ] {
+        let run = helper_run(
+            &["exit", "3", "hello", "from", "the", "guest"],
+            Duration::from_secs(30),
+        );
+        let (r, vm) = env
+            .run(
+                &Initramfs::base(),
+                topo,
+                256,
+                Duration::from_secs(60),
+                &run,
+                &mut no_ops(),
+            )
+            .unwrap();
+        let pid = vm.engine_pid();
+        assert_eq!(r.vm_exit, VmExit::PowerOff, "{topo}: {r:?}");
+        assert_eq!(r.exit_code, Some(3), "{topo}: {r:?}");
+        assert!(
+            r.stdout_text().contains("hello from the guest"),
+            "{topo}: {:?}",
+            r.stdout_text()
+        );
+        let h = r.hello.as_ref().expect("hello");
+        assert_eq!(h.nr_cpus, topo.nr_cpus(), "{topo}");
+        assert!(h.kernel_release.starts_with("7.2"), "{}", h.kernel_release);
+        assert!(h.kallsyms_text > 0xffff_ffff_8000_0000);
+        let packages: std::collections::BTreeSet<u32> = h.cpus.iter().map(|c| c.package).collect();
+        assert_eq!(
+            packages.len() as u32,
+            topo.nodes * topo.llcs,
+            "{topo}: {:?}",
+            h.cpus
+        );
+        assert!(r.phase(&Phase::PayloadFinished).is_some());
+        eprintln!("{topo}: boot to hello {:?}", r.boot_to_hello);
+        drop(vm);
+        if let Some(p) = pid {
+            assert!(!pid_alive(p), "QEMU {p} survived its VM");
+        }
+    }
+}
+
+#[test]
+fn kernel_panic_is_reported_with_console_tail() {
+    let Some(env) = vm_env(None) else { return };
+    let run = helper_run(&["panic"], Duration::from_secs(30));
+    let (r, _vm) = env
+        .run(
+            &Initramfs::base(),
+            Topology::flat(1),
+            256,
+            Duration::from_secs(60),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    match &r.vm_exit {
+        VmExit::Panic { console_tail } => {
+            assert!(console_tail.contains("Kernel panic"), "{console_tail}");
+            assert!(console_tail.contains("sysrq"), "{console_tail}");
+        }
+        other => panic!("expected a panic, got {other:?}\nconsole:\n{}", r.console),
+    }
+}
+
+#[test]
+fn hung_guest_is_killed_at_its_timeout() {
+    let Some(env) = vm_env(None) else { return };
+    let run = helper_run(&["sleep", "3600"], Duration::from_secs(3600));
+    let start = std::time::Instant::now();
+    let (r, vm) = env
+        .run(
+            &Initramfs::base(),
+            Topology::flat(1),
+            256,
+            Duration::from_secs(8),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    assert_eq!(r.vm_exit, VmExit::Timeout, "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert!(vm.exited());
+}
+
+/// Freeze the guest while it spins on every CPU; read jiffies and each
+/// CPU's rq->nr_running through ktstr-introspect on the mapped RAM.
+#[test]
+fn freeze_and_introspect_a_running_guest() {
+    let Some(env) = vm_env(None) else { return };
+    let image = std::sync::Arc::new(
+        ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
+    );
+    let path = Initramfs::base()
+        .write_cached(&env.initramfs_dir())
+        .unwrap();
+    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(120));
+    let vm = ktstr_vmm::RunningVm::boot(&spec).unwrap();
+    let run = helper_run(&["spin", "20"], Duration::from_secs(60));
+    std::thread::scope(|s| {
+        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
+        // Wait until the payload runs (guest-init starts it right after Hello).
+        assert!(vm.console().wait_for("Run /init as init process", Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_secs(3));
+        let f = vm.freeze(Duration::from_secs(5)).unwrap();
+        assert_eq!(f.regs().len(), 2);
+        let k =
+            ktstr::introspect::kernel::Kernel::discover(f.mem_arc(), image.clone(), f.regs(), None)
+                .unwrap();
+        let snap = snapshot(&k, &CollectOptions::default());
+        assert!(snap.jiffies.unwrap() > 0);
+        assert_eq!(snap.nr_cpus, 2);
+        assert!(
+            snap.tasks.iter().any(|t| t.comm == "init"),
+            "{:?}",
+            snap.tasks.iter().map(|t| &t.comm).collect::<Vec<_>>()
+        );
+        drop(f);
+        let r = session.join().unwrap();
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+    });
+}
