@@ -133,7 +133,10 @@ fn freeze_and_introspect_a_running_guest() {
     std::thread::scope(|s| {
         let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
         // Wait until the payload runs (guest-init starts it right after Hello).
-        assert!(vm.console().wait_for("Run /init as init process", Duration::from_secs(30)));
+        assert!(
+            vm.console()
+                .wait_for("Run /init as init process", Duration::from_secs(30))
+        );
         std::thread::sleep(Duration::from_secs(3));
         let f = vm.freeze(Duration::from_secs(5)).unwrap();
         assert_eq!(f.regs().len(), 2);

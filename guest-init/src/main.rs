@@ -106,9 +106,10 @@ fn setup_cgroups(spec: &ktstr_wire::RunSpec) {
             continue;
         }
         if let Some(cpus) = &cg.cpuset
-            && let Err(e) = std::fs::write(format!("{dir}/cpuset.cpus"), cpus) {
-                say(&format!("{dir}/cpuset.cpus = {cpus}: {e}"));
-            }
+            && let Err(e) = std::fs::write(format!("{dir}/cpuset.cpus"), cpus)
+        {
+            say(&format!("{dir}/cpuset.cpus = {cpus}: {e}"));
+        }
     }
 }
 

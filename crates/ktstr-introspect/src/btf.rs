@@ -208,6 +208,27 @@ impl Btf {
         })
     }
 
+    /// The type id of a global variable's BTF VAR (vmlinux BTF carries
+    /// VARs for per-CPU variables), with typedefs stripped.
+    pub fn var_type(&self, name: &str) -> Option<u32> {
+        let ids = self.raw.resolve_ids_by_name(name).ok()?;
+        for id in ids {
+            if let Ok(Type::Var(v)) = self.ty(id) {
+                let t = v.get_type_id()?;
+                return self.strip(t).ok().map(|(id, _)| id);
+            }
+        }
+        None
+    }
+
+    /// Name of a struct/union type id.
+    pub fn composite_name(&self, id: u32) -> Option<String> {
+        match self.strip(id).ok()?.1 {
+            Type::Struct(s) | Type::Union(s) => Some(self.name_of(&s)),
+            _ => None,
+        }
+    }
+
     /// Does the named struct have this field path?
     pub fn has_field(&self, struct_name: &str, path: &str) -> bool {
         self.field(struct_name, path).is_ok()

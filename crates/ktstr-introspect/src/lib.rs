@@ -11,6 +11,7 @@ pub mod collect;
 pub mod getters;
 pub mod image;
 pub mod kernel;
+pub mod kernel_ops;
 pub mod mem;
 pub mod offsets;
 pub mod regs;

@@ -76,9 +76,10 @@ impl Initramfs {
 
     fn parent_dirs(&mut self, path: &str) {
         if let Some((parent, _)) = path.rsplit_once('/')
-            && !parent.is_empty() {
-                self.dir(parent);
-            }
+            && !parent.is_empty()
+        {
+            self.dir(parent);
+        }
     }
 
     /// Add a file from memory.

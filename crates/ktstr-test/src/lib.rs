@@ -4,6 +4,7 @@
 //! provisioning that fills it ([`provision`]).
 
 pub mod cache;
+pub mod cold;
 pub mod initramfs;
 pub mod libs;
 pub mod provision;

@@ -153,8 +153,9 @@ impl Frozen<'_> {
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
         if !self.thawed
-            && let Err(e) = self.vm.qemu.cont() {
-                tracing::warn!(error = %e, "thaw failed");
-            }
+            && let Err(e) = self.vm.qemu.cont()
+        {
+            tracing::warn!(error = %e, "thaw failed");
+        }
     }
 }

@@ -12,6 +12,8 @@ pub mod msg;
 pub use frame::{FrameError, MAX_FRAME, read_msg, write_msg};
 pub use kernel_op::*;
 pub use msg::*;
+pub use relay::RelayClient;
 
+pub mod relay;
 #[cfg(test)]
 mod tests;

@@ -116,12 +116,13 @@ impl QemuVm {
             )));
         }
         if let Some(i) = &spec.initramfs
-            && !i.is_file() {
-                return Err(VmError::Spec(format!(
-                    "initramfs {} does not exist",
-                    i.display()
-                )));
-            }
+            && !i.is_file()
+        {
+            return Err(VmError::Spec(format!(
+                "initramfs {} does not exist",
+                i.display()
+            )));
+        }
         if spec.memory_mb < 64 {
             return Err(VmError::Spec(format!(
                 "memory_mb = {} is too small (>= 64)",

@@ -1,0 +1,248 @@
+//! End-to-end tests of guest-init on the 7.2 kernel: payload output and
+//! exit codes, scheduler start (attached, died, never attached, sysfs
+//! absent), and a scheduler killed mid-run. Each run must end with the
+//! guest powered off.
+
+use ktstr_test::initramfs::Initramfs;
+use ktstr_test::vmtest::{VmEnv, helper_run, no_ops, vm_env};
+use ktstr_vmm::{Topology, VmExit};
+use ktstr_wire::{Phase, SchedSpec};
+use std::time::Duration;
+
+fn with_scheduler(env: &VmEnv, name: &str) -> Initramfs {
+    let mut i = Initramfs::base();
+    let p = env
+        .scheduler(name)
+        .expect("scheduler binary (run `ktstr sched build` or import ../shared/schedulers)");
+    i.add_file(&format!("/bin/{name}"), &p).unwrap();
+    i
+}
+
+fn sched(path: &str, args: &[&str], attach_ms: u64) -> Option<SchedSpec> {
+    Some(SchedSpec {
+        path: path.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        liveness_ms: 1000,
+        attach_timeout_ms: attach_ms,
+    })
+}
+
+#[test]
+fn scx_simple_attaches_and_payload_sees_it() {
+    let Some(env) = vm_env(None) else { return };
+    let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
+    run.scheduler = sched("/bin/scx_simple", &[], 10_000);
+    // The payload prints the attached ops name as the guest sees it.
+    run.payload_argv = vec![
+        "/init".into(),
+        "exit".into(),
+        "0".into(),
+        "payload-ran".into(),
+    ];
+    let (r, _vm) = env
+        .run(
+            &with_scheduler(&env, "scx_simple"),
+            Topology::flat(2),
+            256,
+            Duration::from_secs(90),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    assert_eq!(r.phase(&Phase::SchedulerAttached), Some("simple"), "{r:?}");
+    assert_eq!(r.exit_code, Some(0));
+    assert!(r.stdout_text().contains("payload-ran"));
+    assert_eq!(r.vm_exit, VmExit::PowerOff);
+    assert!(
+        r.console
+            .contains("sched_ext: BPF scheduler \"simple\" enabled"),
+        "{}",
+        r.console
+    );
+}
+
+#[test]
+fn scheduler_that_exits_at_once_is_reported_dead_with_its_log() {
+    let Some(env) = vm_env(None) else { return };
+    let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
+    run.scheduler = sched("/init", &["sched-die"], 10_000);
+    let (r, _vm) = env
+        .run(
+            &Initramfs::base(),
+            Topology::flat(1),
+            256,
+            Duration::from_secs(60),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    let d = r
+        .phase(&Phase::SchedulerDied)
+        .unwrap_or_else(|| panic!("no died report: {r:?}"));
+    assert!(d.contains("liveness gate") && d.contains("verifier"), "{d}");
+    assert!(String::from_utf8_lossy(&r.sched_log).contains("failing at init on purpose"));
+    assert!(
+        r.phase(&Phase::PayloadStarting).is_none(),
+        "payload must not run"
+    );
+    assert_eq!(r.vm_exit, VmExit::PowerOff);
+}
+
+#[test]
+fn scheduler_that_never_attaches_times_out() {
+    let Some(env) = vm_env(None) else { return };
+    let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
+    run.scheduler = sched("/init", &["sched-idle"], 2_000);
+    let (r, _vm) = env
+        .run(
+            &Initramfs::base(),
+            Topology::flat(1),
+            256,
+            Duration::from_secs(60),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    let d = r
+        .phase(&Phase::SchedulerNotAttached)
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(d.starts_with("timeout"), "{d}");
+    assert!(String::from_utf8_lossy(&r.sched_log).contains("never attaching"));
+    assert_eq!(r.vm_exit, VmExit::PowerOff);
+}
+
+#[test]
+fn missing_sched_ext_sysfs_is_named() {
+    let Some(env) = vm_env(None) else { return };
+    let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
+    run.scheduler = sched("/init", &["sched-idle"], 2_000);
+    run.force_no_sched_ext = true;
+    let (r, _vm) = env
+        .run(
+            &Initramfs::base(),
+            Topology::flat(1),
+            256,
+            Duration::from_secs(60),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    let d = r
+        .phase(&Phase::SchedulerNotAttached)
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(
+        d.starts_with("sched_ext sysfs absent") && d.contains("CONFIG_SCHED_CLASS_EXT"),
+        "{d}"
+    );
+    assert_eq!(r.vm_exit, VmExit::PowerOff);
+}
+
+#[test]
+fn scheduler_killed_mid_run_is_reported() {
+    let Some(env) = vm_env(None) else { return };
+    let mut run = helper_run(&["pkill", "scx_simple", "1", "3"], Duration::from_secs(30));
+    run.scheduler = sched("/bin/scx_simple", &[], 10_000);
+    let (r, _vm) = env
+        .run(
+            &with_scheduler(&env, "scx_simple"),
+            Topology::flat(2),
+            256,
+            Duration::from_secs(90),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    assert_eq!(r.phase(&Phase::SchedulerAttached), Some("simple"), "{r:?}");
+    let d = r
+        .phase(&Phase::SchedulerDied)
+        .unwrap_or_else(|| panic!("no died report: {r:?}"));
+    assert!(d.contains("killed by signal 9"), "{d}");
+    assert_eq!(r.exit_code, Some(0), "{}", r.stdout_text());
+    assert_eq!(r.vm_exit, VmExit::PowerOff);
+}
+
+/// The cold path end to end: the payload (guest-init's `kernel-ops`
+/// helper) sends a batch through the relay; the host freezes the VM,
+/// validates and applies each op with ktstr-introspect, and replies.
+#[test]
+fn cold_path_kernel_ops_round_trip_and_refusals() {
+    let Some(env) = vm_env(None) else { return };
+    let image = std::sync::Arc::new(
+        ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
+    );
+    let mut cold = ktstr_test::cold::ColdOps::new(image);
+    let mut run = helper_run(&["kernel-ops"], Duration::from_secs(60));
+    run.scheduler = sched("/bin/scx_simple", &[], 10_000);
+    let (r, _vm) = env
+        .run(
+            &with_scheduler(&env, "scx_simple"),
+            Topology::flat(2),
+            256,
+            Duration::from_secs(120),
+            &run,
+            &mut |vm, h, ops| cold.handle(vm, h, ops),
+        )
+        .unwrap();
+    let out = r.stdout_text();
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let line = |i: usize| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("op{i} ")))
+            .unwrap_or_else(|| panic!("op{i} missing:\n{out}"))
+            .to_string()
+    };
+    assert!(line(0).contains("success=true"), "write: {}", line(0));
+    assert!(
+        line(1).contains("success=true") && line(1).contains("U64("),
+        "{}",
+        line(1)
+    );
+    let seed = 30u64 * 86_400 * 1_000_000_000;
+    let v: u64 = line(1)
+        .split("U64(")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(v >= seed, "dsq_vtime {v} < seed {seed}");
+    assert!(
+        line(2).contains("success=true") && line(2).contains("U32("),
+        "{}",
+        line(2)
+    );
+    assert!(
+        line(3).contains("success=true") && line(3).contains("U64("),
+        "{}",
+        line(3)
+    );
+    assert!(
+        line(4).contains("success=false") && line(4).contains("L4 on_rq"),
+        "running task: {}",
+        line(4)
+    );
+    assert!(
+        line(5).contains("success=false") && line(5).contains("L2 start_time"),
+        "wrong start: {}",
+        line(5)
+    );
+    assert!(
+        line(6).contains("success=false") && line(6).contains("larger than the 4-byte width"),
+        "{}",
+        line(6)
+    );
+    let tags: Vec<String> = cold
+        .bridge
+        .drain_kernel_ops()
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(tags, ["vtime", "nr_running", "jiffies", "narrow"]);
+}
