@@ -46,12 +46,12 @@ pub fn frozen_kernel(
         .iter()
         .find(|r| r.cr3 != 0)
         .ok_or("no vCPU state with a CR3")?;
-    if let (Some(h), Some(text)) = (hello, image.symbols().addr("_text")) {
-        if h.kallsyms_text != 0 {
-            let slide = h.kallsyms_text.wrapping_sub(text);
-            let p = params_from_slide(&*mem, image, cpu, slide).map_err(|e| e.to_string())?;
-            return Ok(Kernel::new(mem, image.clone(), p, KaslrSource::Given));
-        }
+    if let (Some(h), Some(text)) = (hello, image.symbols().addr("_text"))
+        && h.kallsyms_text != 0
+    {
+        let slide = h.kallsyms_text.wrapping_sub(text);
+        let p = params_from_slide(&*mem, image, cpu, slide).map_err(|e| e.to_string())?;
+        return Ok(Kernel::new(mem, image.clone(), p, KaslrSource::Given));
     }
     Kernel::discover(mem, image.clone(), f.regs(), None).map_err(|e| e.to_string())
 }
