@@ -422,6 +422,23 @@ fn finish_params(mem: &dyn PhysMem, image: &KernelImage, p: &mut TranslationPara
         None if p.la57 => DEFAULT_PAGE_OFFSET_L5,
         None => DEFAULT_PAGE_OFFSET_L4,
     };
+    // Bound the direct map: by the end of RAM, and by vmalloc_base.
+    let ram_end = mem
+        .regions()
+        .iter()
+        .map(|&(s, l)| s.saturating_add(l))
+        .max()
+        .unwrap_or(0);
+    let mut dm = ram_end;
+    if let Some(a) = syms.addr("vmalloc_base")
+        && let Ok(vb) = mem.read_u64(text_pa(a, p))
+    {
+        let gap = vb.wrapping_sub(p.page_offset_base);
+        if vb > p.page_offset_base && (dm == 0 || gap < dm) {
+            dm = gap;
+        }
+    }
+    p.direct_map_size = dm;
     if p.cr3 == 0
         && let Some(a) = syms.addr("init_top_pgt")
     {
@@ -515,6 +532,7 @@ fn banner_scan(mem: &dyn PhysMem, image: &KernelImage, la57: bool) -> Result<Tra
                 cr3: pgt,
                 la57,
                 page_offset_base: 0,
+                direct_map_size: 0,
             });
         }
     }

@@ -18,6 +18,7 @@ pub mod regs;
 pub mod render;
 pub mod snapshot;
 pub mod symbols;
+pub mod synth;
 pub mod translate;
 pub mod vmcore;
 pub mod walk;

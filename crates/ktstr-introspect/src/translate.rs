@@ -59,6 +59,12 @@ pub struct TranslationParams {
     pub cr3: u64,
     /// 5-level paging (LA57) in use.
     pub la57: bool,
+    /// How far the direct map extends from `page_offset_base` (0: the
+    /// architectural maximum). With memory randomisation the vmalloc area
+    /// can start 1 TiB after the direct map, so this is bounded by RAM and
+    /// `vmalloc_base` when known.
+    #[serde(default)]
+    pub direct_map_size: u64,
 }
 
 /// Translates kernel virtual addresses for one snapshot.
@@ -98,7 +104,9 @@ impl Translator {
     }
 
     fn in_direct_map(&self, kva: u64) -> bool {
-        let size = if self.p.la57 {
+        let size = if self.p.direct_map_size != 0 {
+            self.p.direct_map_size
+        } else if self.p.la57 {
             DIRECT_MAP_SIZE_L5
         } else {
             DIRECT_MAP_SIZE_L4
@@ -216,6 +224,7 @@ mod tests {
             phys_base: 0x100_0000,
             kaslr_offset: 0x200_0000,
             la57: false,
+            direct_map_size: 0,
         });
         assert_eq!(t.kva_to_pa(&m, va).unwrap(), 0x20_0456);
         // Cached: clearing the PTE does not change the answer in this snapshot.

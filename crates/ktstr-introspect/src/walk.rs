@@ -66,16 +66,19 @@ pub fn list_entries<M: PhysMem>(
             break;
         }
         steps += 1;
-        if !skip(cur) {
-            w.items.push(cur.wrapping_sub(node_off));
-        }
-        cur = match k.read_u64(cur) {
+        // Only a node we can read is an entry: a pointer into unmapped
+        // memory ends the walk as broken, with what came before it.
+        let next = match k.read_u64(cur) {
             Ok(n) => n,
             Err(_) => {
                 w.broken = true;
                 break;
             }
         };
+        if !skip(cur) {
+            w.items.push(cur.wrapping_sub(node_off));
+        }
+        cur = next;
     }
     w
 }
@@ -127,14 +130,15 @@ pub fn rhashtable_entries<M: PhysMem>(
                 break;
             }
             chain += 1;
-            w.items.push(p.wrapping_sub(head_off));
-            p = match k.read_u64(p + o.next) {
+            let next = match k.read_u64(p + o.next) {
                 Ok(n) => n,
                 Err(_) => {
                     w.broken = true;
                     break;
                 }
             };
+            w.items.push(p.wrapping_sub(head_off));
+            p = next;
         }
         if w.items.len() >= MAX_RHT_NODES {
             w.truncated = true;

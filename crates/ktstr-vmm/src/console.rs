@@ -157,7 +157,7 @@ mod tests {
         );
         c.push(b"hello\r\nworld\nthis is long");
         assert_eq!(c.total_bytes(), 25);
-        assert_eq!(c.contents(), "orld\nthis is long");
+        assert_eq!(c.contents(), "rld\nthis is long");
         assert_eq!(*seen.lock().unwrap(), vec!["hello", "world"]);
         assert_eq!(c.tail(1), "this is long");
         assert!(c.wait_for("long", std::time::Duration::from_millis(1)));
