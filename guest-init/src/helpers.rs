@@ -78,6 +78,28 @@ pub fn run(args: &[String]) -> Option<i32> {
             std::thread::sleep(Duration::from_secs(num(3, 2)));
             Some(if killed > 0 { 0 } else { 1 })
         }
+        // Report what the guest itself sees (attached ops, process ids)
+        // on stdout and the console, then sleep SECS for the host to look.
+        "report" => {
+            let ops = std::fs::read_to_string("/sys/kernel/sched_ext/root/ops").unwrap_or_default();
+            let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                .collect();
+            pids.sort_unstable();
+            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+            let text = format!(
+                "KTSTR-REPORT OPS={}\nKTSTR-REPORT PIDS={}\nKTSTR-REPORT READY\n",
+                ops.trim(),
+                pids.join(",")
+            );
+            print!("{text}");
+            let _ = std::fs::write("/dev/console", &text);
+            std::thread::sleep(Duration::from_secs(num(1, 10)));
+            Some(0)
+        }
         // Exercise the cold path: a sleeping child gets its scx.dsq_vtime
         // written and read back, plus a per-CPU and a symbol read, plus
         // two writes that must be refused (running task, wrong start).

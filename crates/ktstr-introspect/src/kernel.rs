@@ -238,6 +238,17 @@ impl<M: PhysMem> Kernel<M> {
         self.read_u64(self.sym(name)?)
     }
 
+    /// The guest's own VMCOREINFO text (`vmcoreinfo_data`, as kdump would
+    /// put in a dump's note), read from memory; None if absent.
+    pub fn vmcoreinfo_text(&self) -> Option<String> {
+        let p = self.sym_u64("vmcoreinfo_data").ok().filter(|&p| p != 0)?;
+        let n = self.sym_u64("vmcoreinfo_size").ok()?.min(1 << 16) as usize;
+        let mut b = vec![0u8; n];
+        self.read(p, &mut b).ok()?;
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        Some(String::from_utf8_lossy(&b[..end]).into_owned())
+    }
+
     /// Number of possible CPUs (`nr_cpu_ids`), bounded.
     pub fn nr_cpu_ids(&self) -> Result<u32> {
         let n = self.sym_u32("nr_cpu_ids")?;

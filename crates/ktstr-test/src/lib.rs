@@ -9,4 +9,5 @@ pub mod initramfs;
 pub mod libs;
 pub mod provision;
 pub mod session;
+pub mod vmcore_dump;
 pub mod vmtest;

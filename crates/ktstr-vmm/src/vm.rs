@@ -143,6 +143,11 @@ impl Frozen<'_> {
         self.mem.clone()
     }
 
+    /// The engine's own dump of guest memory (qemu: `dump-guest-memory`).
+    pub fn engine_dump(&self, path: &std::path::Path) -> Result<(), VmError> {
+        self.vm.qemu.dump_guest_memory(path)
+    }
+
     /// Thaw now, reporting errors (drop thaws silently).
     pub fn thaw(mut self) -> Result<(), VmError> {
         self.thawed = true;

@@ -153,6 +153,31 @@ impl PrivateApt {
     }
 }
 
+/// `apt-get download PKG` with the machine's own sources and package
+/// lists (nothing is installed or reconfigured) into `dir`.
+pub fn download_with_system_sources(pkg: &str, dir: &Path, log: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|e| ProvisionError::io(dir, e))?;
+    let mut c = Command::new("apt-get");
+    c.args(["-q", "-o", "APT::Sandbox::User=root", "download", pkg])
+        .current_dir(dir);
+    run_logged(
+        &mut c,
+        log,
+        &format!("apt-get download {pkg} (system sources)"),
+    )?;
+    let prefix = format!("{pkg}_");
+    fs::read_dir(dir)
+        .map_err(|e| ProvisionError::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .max()
+        .ok_or_else(|| ProvisionError::Failed(format!("apt-get download {pkg} produced no .deb")))
+}
+
 /// Unpack a .deb into `root` with `dpkg -x` (installs nothing).
 pub fn unpack(deb: &Path, root: &Path, log: &Path) -> Result<()> {
     fs::create_dir_all(root).map_err(|e| ProvisionError::io(root, e))?;

@@ -100,8 +100,20 @@ pub fn fetch_source(cache: &Cache, version: &str, log: &Path) -> Result<(PathBuf
         .unwrap_or_else(|| "bookworm".into());
     let pkg = format!("linux-source-{version}");
     let mut tried = Vec::new();
-    let mut deb = None;
+    // First the machine's own apt sources as they are (e.g. 6.12 lives in
+    // bookworm-security); `apt-get download` only fetches the .deb.
+    let mut deb =
+        match apt::download_with_system_sources(&pkg, &cache.work_dir().join("apt/system"), log) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tried.push(format!("system sources: {}", first_line(&e.to_string())));
+                None
+            }
+        };
     for suite in [codename.as_str(), "sid"] {
+        if deb.is_some() {
+            break;
+        }
         let apt = PrivateApt::new(&cache.work_dir().join("apt").join(suite), &mirror, suite)?;
         let got = apt
             .update(log)

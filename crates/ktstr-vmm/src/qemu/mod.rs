@@ -334,6 +334,19 @@ impl QemuVm {
         Ok(())
     }
 
+    /// QEMU's own ELF dump of guest memory (`dump-guest-memory`, with
+    /// VMCOREINFO when the guest registered it); the VM should be stopped.
+    pub fn dump_guest_memory(&self, path: &Path) -> Result<(), VmError> {
+        self.qmp
+            .execute(
+                "dump-guest-memory",
+                Some(serde_json::json!({"paging": false, "protocol": format!("file:{}", path.display())})),
+                Duration::from_secs(120),
+            )
+            .map(|_| ())
+            .map_err(|e| VmError::Engine(e.to_string()))
+    }
+
     /// The gdbstub socket (for watchpoints).
     pub fn gdb_socket(&self) -> PathBuf {
         self.dir.path().join("gdb.sock")
