@@ -156,3 +156,82 @@ fn freeze_and_introspect_a_running_guest() {
         assert_eq!(r.exit_code, Some(0), "{r:?}");
     });
 }
+
+/// 1000 freeze/thaw cycles while the guest spins on every CPU; each frozen
+/// instant reads `jiffies_64` and every CPU's `runqueues.nr_running`
+/// through ktstr-introspect on the mapped RAM. Every 100th freeze is held
+/// for 300 ms: the guest's clock must not count frozen time.
+#[test]
+fn thousand_freezes_keep_guest_time() {
+    let Some(env) = vm_env(None) else { return };
+    let image = std::sync::Arc::new(ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap());
+    let btf_nr = image.btf().field("rq", "nr_running").unwrap().offset;
+    let path = Initramfs::base().write_cached(&env.initramfs_dir()).unwrap();
+    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(300));
+    let vm = ktstr_vmm::RunningVm::boot(&spec).unwrap();
+    let run = helper_run(&["spin", "600"], Duration::from_secs(900));
+    std::thread::scope(|s| {
+        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
+        assert!(vm.console().wait_for("Run /init as init process", Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_secs(3));
+        let mut params = None;
+        let mut last: Option<(u64, std::time::Instant)> = None;
+        let (mut ran_total_ms, mut jiffies_total) = (0i64, 0u64);
+        let mut held = Duration::ZERO;
+        let mut latencies = Vec::new();
+        let mut after_hold_ms = Vec::new();
+        for i in 0..1000 {
+            let t0 = std::time::Instant::now();
+            let f = vm.freeze(Duration::from_secs(10)).unwrap();
+            let frozen_at = std::time::Instant::now();
+            latencies.push(frozen_at - t0);
+            assert_eq!(f.regs().len(), 2, "freeze {i}: registers of every vCPU");
+            let k = match params {
+                None => {
+                    let k = ktstr_test::cold::frozen_kernel(&f, &image, None).unwrap();
+                    params = Some(*k.params());
+                    k
+                }
+                Some(p) => ktstr::introspect::kernel::Kernel::new(f.mem_arc(), image.clone(), p, ktstr::introspect::kernel::KaslrSource::Given),
+            };
+            let j = k.sym_u64("jiffies_64").unwrap();
+            for cpu in 0..2 {
+                let rq = k.per_cpu_sym("runqueues", cpu).unwrap();
+                let nr = k.read_u32(rq + btf_nr).unwrap();
+                assert!(nr <= 64, "freeze {i}: cpu {cpu} nr_running {nr}");
+            }
+            if let Some((pj, thawed_at)) = last {
+                assert!(j >= pj, "jiffies went backwards");
+                // Upper bound on the time the guest ran since the last thaw.
+                ran_total_ms += (frozen_at - thawed_at).as_millis() as i64 + 1;
+                jiffies_total += j - pj;
+                if i % 100 == 0 {
+                    after_hold_ms.push(j - pj);
+                }
+            }
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(300));
+                held += Duration::from_millis(300);
+            }
+            let thaw_start = std::time::Instant::now();
+            f.thaw().unwrap();
+            last = Some((j, thaw_start));
+        }
+        eprintln!(
+            "guest jiffies advanced {jiffies_total} ms while it ran at most {ran_total_ms} ms; held frozen {held:?}; \
+             jiffies across each 300 ms hold: {after_hold_ms:?}"
+        );
+        // A clock that counted frozen time would be >= 2.7 s ahead here.
+        assert!(
+            (jiffies_total as i64) <= ran_total_ms + 50,
+            "guest time counted frozen time: {jiffies_total} ms of jiffies vs {ran_total_ms} ms running"
+        );
+        for d in &after_hold_ms {
+            assert!(*d < 200, "jiffies jumped {d} ms across a 300 ms freeze");
+        }
+        latencies.sort();
+        eprintln!("1000 freezes: median {:?}, p99 {:?}", latencies[500], latencies[990]);
+        vm.kill();
+        let _ = session.join();
+    });
+}
