@@ -164,15 +164,22 @@ fn freeze_and_introspect_a_running_guest() {
 #[test]
 fn thousand_freezes_keep_guest_time() {
     let Some(env) = vm_env(None) else { return };
-    let image = std::sync::Arc::new(ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap());
+    let image = std::sync::Arc::new(
+        ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
+    );
     let btf_nr = image.btf().field("rq", "nr_running").unwrap().offset;
-    let path = Initramfs::base().write_cached(&env.initramfs_dir()).unwrap();
+    let path = Initramfs::base()
+        .write_cached(&env.initramfs_dir())
+        .unwrap();
     let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(300));
     let vm = ktstr_vmm::RunningVm::boot(&spec).unwrap();
     let run = helper_run(&["spin", "600"], Duration::from_secs(900));
     std::thread::scope(|s| {
         let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
-        assert!(vm.console().wait_for("Run /init as init process", Duration::from_secs(60)));
+        assert!(
+            vm.console()
+                .wait_for("Run /init as init process", Duration::from_secs(60))
+        );
         std::thread::sleep(Duration::from_secs(3));
         let mut params = None;
         let mut last: Option<(u64, std::time::Instant)> = None;
@@ -192,7 +199,12 @@ fn thousand_freezes_keep_guest_time() {
                     params = Some(*k.params());
                     k
                 }
-                Some(p) => ktstr::introspect::kernel::Kernel::new(f.mem_arc(), image.clone(), p, ktstr::introspect::kernel::KaslrSource::Given),
+                Some(p) => ktstr::introspect::kernel::Kernel::new(
+                    f.mem_arc(),
+                    image.clone(),
+                    p,
+                    ktstr::introspect::kernel::KaslrSource::Given,
+                ),
             };
             let j = k.sym_u64("jiffies_64").unwrap();
             for cpu in 0..2 {
@@ -230,7 +242,10 @@ fn thousand_freezes_keep_guest_time() {
             assert!(*d < 200, "jiffies jumped {d} ms across a 300 ms freeze");
         }
         latencies.sort();
-        eprintln!("1000 freezes: median {:?}, p99 {:?}", latencies[500], latencies[990]);
+        eprintln!(
+            "1000 freezes: median {:?}, p99 {:?}",
+            latencies[500], latencies[990]
+        );
         vm.kill();
         let _ = session.join();
     });

@@ -90,6 +90,23 @@ impl KernelImage {
         })
     }
 
+    /// A vmlinux ELF, or raw BTF (e.g. a copy of `/sys/kernel/btf/vmlinux`)
+    /// plus a `System.map` for the symbols.
+    pub fn open_btf_and_system_map(btf: &Path, system_map: &Path) -> Result<Self, ImageError> {
+        let io = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| ImageError::Io { path, source }
+        };
+        let raw = std::fs::read(btf).map_err(io(btf))?;
+        let btf = Btf::from_bytes(&raw)?;
+        let map = std::fs::read_to_string(system_map).map_err(io(system_map))?;
+        Ok(Self {
+            symbols: Symbols::from_system_map(&map),
+            btf,
+            banner: None,
+        })
+    }
+
     /// Assemble from parts (tests, raw BTF + a symbol list).
     pub fn from_parts(symbols: Symbols, btf: Btf, banner: Option<Vec<u8>>) -> Self {
         Self {

@@ -92,8 +92,9 @@ pub fn validate_task_write<M: PhysMem>(
     let Some(t) = find_task(k, o, pid)? else {
         return refuse(format!("L1 pid: no task with pid {pid}"));
     };
-    // L2: start_time identity at /proc's USER_HZ granularity.
-    let actual = rd(t, to.start_boottime.or(to.start_time)).unwrap_or(0);
+    // L2: start_time identity at /proc's USER_HZ granularity (/proc shows
+    // boot time; without suspend it equals the monotonic start_time).
+    let actual = rd(t, to.start_time.or(to.start_boottime)).unwrap_or(0);
     if actual / USER_HZ_NS != start_time_ns / USER_HZ_NS {
         return refuse(format!(
             "L2 start_time: pid {pid} started at {actual} ns, not {start_time_ns} ns (pid reused?)"
@@ -205,8 +206,8 @@ pub fn resolve<M: PhysMem>(
                     .ok_or_else(|| format!("L1 pid: no task with pid {pid}"))?;
                 let to = o.task.ok_or("no task_struct layout")?;
                 let actual = to
-                    .start_boottime
-                    .or(to.start_time)
+                    .start_time
+                    .or(to.start_boottime)
                     .and_then(|f| k.read_uint(t + f.off, f.size).ok())
                     .unwrap_or(0);
                 if actual / USER_HZ_NS != start_time_ns / USER_HZ_NS {

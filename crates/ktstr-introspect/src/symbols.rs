@@ -74,6 +74,18 @@ impl Symbols {
         }))
     }
 
+    /// Parse a `System.map` / `nm` listing (`ADDR TYPE NAME`). Sizes are
+    /// unknown (0); upper-case types are global.
+    pub fn from_system_map(text: &str) -> Self {
+        Self::from_entries(text.lines().filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+            let ty = it.next()?.chars().next()?;
+            let name = it.next()?;
+            Some((name.to_string(), addr, 0, ty.is_ascii_uppercase()))
+        }))
+    }
+
     /// Link-time address of a symbol.
     pub fn addr(&self, name: &str) -> Option<u64> {
         self.by_name.get(name).map(|&i| self.sorted[i].addr)
@@ -129,5 +141,14 @@ mod tests {
         assert_eq!(s.symbolize(0x5004), Some(("nosize".into(), 4)));
         assert_eq!(s.symbolize(0x10), None);
         assert_eq!(s.addr("missing"), None);
+    }
+
+    #[test]
+    fn system_map() {
+        let s = Symbols::from_system_map(
+            "ffffffff81000000 T _text\nffffffff82a079c0 D jiffies_64\ngarbage\n",
+        );
+        assert_eq!(s.addr("jiffies_64"), Some(0xffffffff82a079c0));
+        assert_eq!(s.len(), 2);
     }
 }
