@@ -250,3 +250,103 @@ fn thousand_freezes_keep_guest_time() {
         let _ = session.join();
     });
 }
+
+/// A write watchpoint on `jiffies_64` freezes the guest at the instant the
+/// tick writes it: the callback sees the new value and a RIP in the
+/// kernel's jiffies update code. QMP freezes in between do not disturb it.
+#[test]
+fn watchpoint_catches_the_write_of_jiffies() {
+    let Some(env) = vm_env(None) else { return };
+    let image = std::sync::Arc::new(
+        ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
+    );
+    let path = Initramfs::base()
+        .write_cached(&env.initramfs_dir())
+        .unwrap();
+    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(120));
+    let vm = ktstr_vmm::RunningVm::boot(&spec).unwrap();
+    let run = helper_run(&["spin", "60"], Duration::from_secs(120));
+    std::thread::scope(|s| {
+        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
+        assert!(
+            vm.console()
+                .wait_for("Run /init as init process", Duration::from_secs(60))
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let (params, jiffies_kva, before) = {
+            let f = vm.freeze(Duration::from_secs(10)).unwrap();
+            let k = ktstr_test::cold::frozen_kernel(&f, &image, None).unwrap();
+            let kva = k.sym("jiffies_64").unwrap();
+            (*k.params(), kva, k.read_u64(kva).unwrap())
+        };
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h2, img2) = (hits.clone(), image.clone());
+        let watch = vm
+            .watch_write(
+                jiffies_kva,
+                8,
+                Box::new(move |f, cpu| {
+                    let k = ktstr::introspect::kernel::Kernel::new(
+                        f.mem_arc(),
+                        img2.clone(),
+                        params,
+                        ktstr::introspect::kernel::KaslrSource::Given,
+                    );
+                    let v = k.read_u64(jiffies_kva).unwrap();
+                    let rip = cpu
+                        .and_then(|c| f.regs().get(c as usize))
+                        .map(|r| r.rip)
+                        .unwrap_or(0);
+                    let mut h = h2.lock().unwrap();
+                    h.push((v, k.symbolize(rip)));
+                    if h.len() >= 5 {
+                        ktstr_vmm::watch::WatchAction::Remove
+                    } else {
+                        ktstr_vmm::watch::WatchAction::Continue
+                    }
+                }),
+            )
+            .unwrap();
+        // Interleave QMP freezes with the watch.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            let f = vm.freeze(Duration::from_secs(10)).unwrap();
+            drop(f);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !watch.finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            watch.finished(),
+            "watch did not fire 5 times: {:?}",
+            hits.lock().unwrap()
+        );
+        watch.stop().unwrap();
+        let h = hits.lock().unwrap().clone();
+        eprintln!("hits: {h:?}");
+        assert_eq!(h.len(), 5);
+        assert!(h[0].0 > before, "new value {} not after {before}", h[0].0);
+        for w in h.windows(2) {
+            assert!(w[1].0 > w[0].0, "{h:?}");
+        }
+        assert!(
+            h.iter().any(|(_, sym)| sym
+                .as_deref()
+                .is_some_and(|s| s.contains("jiffies") || s.contains("tick"))),
+            "{h:?}"
+        );
+        // The guest keeps running after the watch is gone.
+        let f = vm.freeze(Duration::from_secs(10)).unwrap();
+        let k = ktstr::introspect::kernel::Kernel::new(
+            f.mem_arc(),
+            image.clone(),
+            params,
+            ktstr::introspect::kernel::KaslrSource::Given,
+        );
+        assert!(k.read_u64(jiffies_kva).unwrap() >= h[4].0);
+        drop(f);
+        vm.kill();
+        let _ = session.join();
+    });
+}

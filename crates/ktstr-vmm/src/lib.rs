@@ -16,6 +16,7 @@ pub mod qemu;
 pub mod ram;
 pub mod spec;
 pub mod vm;
+pub mod watch;
 
 pub use console::Console;
 pub use engine::EngineKind;

@@ -81,10 +81,10 @@ impl RunningVm {
     pub fn freeze(&self, timeout: Duration) -> Result<Frozen<'_>, VmError> {
         let regs = self.qemu.stop(timeout)?;
         Ok(Frozen {
-            vm: self,
+            thaw: Some(&self.qemu),
             regs,
             mem: self.qemu.ram(),
-            thawed: false,
+            vm_dump: Some(&self.qemu),
         })
     }
 
@@ -113,21 +113,46 @@ impl RunningVm {
         self.qemu.kill()
     }
 
+    /// Freeze the guest at the instant any vCPU writes `len` bytes at guest
+    /// virtual `gva` (a hardware-style write watchpoint on every vCPU) and
+    /// run `callback` with the frozen guard; its return says whether to
+    /// keep watching. Returns a handle that stops watching when dropped.
+    pub fn watch_write(
+        &self,
+        gva: u64,
+        len: u64,
+        callback: crate::watch::WatchCallback,
+    ) -> Result<crate::watch::Watch, VmError> {
+        crate::watch::Watch::start(&self.qemu, gva, len, callback)
+    }
+
     /// The engine process id (qemu), for leak checks.
     pub fn engine_pid(&self) -> Option<u32> {
         self.qemu.pid()
     }
 }
 
-/// Every vCPU stopped; guest memory is quiescent. Dropping it thaws.
+/// Every vCPU stopped; guest memory is quiescent. Dropping it thaws
+/// (for a watchpoint hit, the watcher resumes the guest after the
+/// callback returns).
 pub struct Frozen<'a> {
-    vm: &'a RunningVm,
+    thaw: Option<&'a QemuVm>,
+    vm_dump: Option<&'a QemuVm>,
     regs: Vec<CpuRegs>,
     mem: Arc<crate::ram::GuestRam>,
-    thawed: bool,
 }
 
-impl Frozen<'_> {
+impl<'a> Frozen<'a> {
+    /// A guard for a stop someone else resumes (a watchpoint hit).
+    pub(crate) fn borrowed(regs: Vec<CpuRegs>, mem: Arc<crate::ram::GuestRam>) -> Self {
+        Self {
+            thaw: None,
+            vm_dump: None,
+            regs,
+            mem,
+        }
+    }
+
     /// Registers of each vCPU at the freeze.
     pub fn regs(&self) -> &[CpuRegs] {
         &self.regs
@@ -145,20 +170,27 @@ impl Frozen<'_> {
 
     /// The engine's own dump of guest memory (qemu: `dump-guest-memory`).
     pub fn engine_dump(&self, path: &std::path::Path) -> Result<(), VmError> {
-        self.vm.qemu.dump_guest_memory(path)
+        match self.vm_dump {
+            Some(q) => q.dump_guest_memory(path),
+            None => Err(VmError::Engine(
+                "no engine dump from a watchpoint callback".into(),
+            )),
+        }
     }
 
     /// Thaw now, reporting errors (drop thaws silently).
     pub fn thaw(mut self) -> Result<(), VmError> {
-        self.thawed = true;
-        self.vm.qemu.cont()
+        match self.thaw.take() {
+            Some(q) => q.cont(),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
-        if !self.thawed
-            && let Err(e) = self.vm.qemu.cont()
+        if let Some(q) = self.thaw.take()
+            && let Err(e) = q.cont()
         {
             tracing::warn!(error = %e, "thaw failed");
         }

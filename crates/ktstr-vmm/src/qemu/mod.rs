@@ -8,6 +8,7 @@
 //! on drop.
 
 pub mod cmdline;
+pub mod gdb;
 pub mod qmp;
 pub mod regs;
 
@@ -28,6 +29,77 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// One pause at a time: a QMP freeze or a watchpoint hit holds it.
+#[derive(Default)]
+pub(crate) struct PauseGate {
+    held: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl PauseGate {
+    pub(crate) fn acquire(&self, timeout: Duration) -> Result<(), VmError> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *g {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(VmError::Engine(
+                    "the VM stayed paused by someone else past the timeout".into(),
+                ));
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *g = true;
+        Ok(())
+    }
+
+    pub(crate) fn release(&self) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.cv.notify_all();
+    }
+}
+
+/// QMP `stop`, wait until the vCPUs are stopped, read their registers.
+pub(crate) fn stop_and_capture(
+    qmp: &Qmp,
+    timeout: Duration,
+    nr_cpus: u32,
+) -> Result<Vec<CpuRegs>, VmError> {
+    let from = qmp.event_count();
+    qmp.execute("stop", None, timeout)
+        .map_err(|e| VmError::Engine(e.to_string()))?;
+    if qmp.wait_event(&["STOP"], from, timeout).is_none() {
+        // Already paused (e.g. a debug stop) emits no event: check status.
+        let st = qmp
+            .execute("query-status", None, timeout)
+            .map_err(|e| VmError::Engine(e.to_string()))?;
+        if st.get("running").and_then(|v| v.as_bool()) != Some(false) {
+            return Err(VmError::Engine("vCPUs did not stop in time".into()));
+        }
+    }
+    capture_regs(qmp, timeout, nr_cpus)
+}
+
+/// Registers of every vCPU of a stopped VM.
+pub(crate) fn capture_regs(
+    qmp: &Qmp,
+    timeout: Duration,
+    nr_cpus: u32,
+) -> Result<Vec<CpuRegs>, VmError> {
+    let text = qmp
+        .hmp("info registers -a", timeout)
+        .map_err(|e| VmError::Engine(e.to_string()))?;
+    let regs = regs::parse_info_registers(&text);
+    if regs.len() as u32 != nr_cpus {
+        tracing::warn!(got = regs.len(), want = nr_cpus, "register dump incomplete");
+    }
+    Ok(regs)
+}
 
 /// The QEMU binary: `$KTSTR_QEMU`, else `qemu-system-x86_64` on PATH.
 pub fn qemu_binary() -> PathBuf {
@@ -58,7 +130,7 @@ pub fn qemu_version() -> Result<(u32, u32), VmError> {
 /// A running QEMU guest.
 pub struct QemuVm {
     child: Mutex<Option<Child>>,
-    qmp: Qmp,
+    qmp: Arc<Qmp>,
     ram: Arc<GuestRam>,
     console: Console,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -66,7 +138,7 @@ pub struct QemuVm {
     channels: Vec<(u32, PathBuf)>,
     deadline: Instant,
     threads: Vec<std::thread::JoinHandle<()>>,
-    frozen: Mutex<bool>,
+    gate: Arc<PauseGate>,
     nr_cpus: u32,
 }
 
@@ -241,7 +313,7 @@ impl QemuVm {
         ram.unlink();
         Ok(Self {
             child: Mutex::new(Some(child)),
-            qmp,
+            qmp: Arc::new(qmp),
             ram: Arc::new(ram),
             console,
             stderr,
@@ -249,7 +321,7 @@ impl QemuVm {
             channels,
             deadline: Instant::now() + spec.timeout,
             threads,
-            frozen: Mutex::new(false),
+            gate: Arc::new(PauseGate::default()),
             nr_cpus: spec.topology.nr_cpus(),
         })
     }
@@ -284,54 +356,39 @@ impl QemuVm {
     }
 
     /// Stop every vCPU (QMP `stop`, then wait for the STOP event) and
-    /// capture registers.
+    /// capture registers. Waits while another pause (a freeze or a
+    /// watchpoint hit) is in progress.
     pub fn stop(&self, timeout: Duration) -> Result<Vec<CpuRegs>, VmError> {
-        let mut fz = self.frozen.lock().unwrap_or_else(|e| e.into_inner());
-        if *fz {
-            return Err(VmError::Engine("VM is already frozen".into()));
-        }
-        let from = self.qmp.event_count();
-        self.qmp
-            .execute("stop", None, timeout)
-            .map_err(|e| VmError::Engine(e.to_string()))?;
-        if self.qmp.wait_event(&["STOP"], from, timeout).is_none() {
-            // `stop` on an already-paused VM emits no event: confirm by status.
-            let st = self
-                .qmp
-                .execute("query-status", None, timeout)
-                .map_err(|e| VmError::Engine(e.to_string()))?;
-            if st.get("running").and_then(|v| v.as_bool()) != Some(false) {
-                return Err(VmError::Engine("vCPUs did not stop in time".into()));
+        self.gate.acquire(timeout)?;
+        match stop_and_capture(&self.qmp, timeout, self.nr_cpus) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let _ = self.qmp.execute("cont", None, Duration::from_secs(10));
+                self.gate.release();
+                Err(e)
             }
         }
-        *fz = true;
-        drop(fz);
-        let text = self
-            .qmp
-            .hmp("info registers -a", timeout)
-            .map_err(|e| VmError::Engine(e.to_string()))?;
-        let regs = regs::parse_info_registers(&text);
-        if regs.len() as u32 != self.nr_cpus {
-            tracing::warn!(
-                got = regs.len(),
-                want = self.nr_cpus,
-                "register dump incomplete"
-            );
-        }
-        Ok(regs)
     }
 
     /// Resume after [`QemuVm::stop`].
     pub fn cont(&self) -> Result<(), VmError> {
-        let mut fz = self.frozen.lock().unwrap_or_else(|e| e.into_inner());
-        if !*fz {
-            return Ok(());
-        }
-        self.qmp
+        let r = self
+            .qmp
             .execute("cont", None, Duration::from_secs(10))
-            .map_err(|e| VmError::Engine(e.to_string()))?;
-        *fz = false;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| VmError::Engine(e.to_string()));
+        self.gate.release();
+        r
+    }
+
+    /// Parts a watchpoint thread needs.
+    pub(crate) fn watch_parts(&self) -> (Arc<Qmp>, Arc<GuestRam>, Arc<PauseGate>, u32) {
+        (
+            self.qmp.clone(),
+            self.ram.clone(),
+            self.gate.clone(),
+            self.nr_cpus,
+        )
     }
 
     /// QEMU's own ELF dump of guest memory (`dump-guest-memory`, with
