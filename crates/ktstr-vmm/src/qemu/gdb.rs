@@ -110,19 +110,19 @@ impl Gdb {
             while matches!(self.buf.first(), Some(b'+') | Some(b'-')) {
                 self.buf.remove(0);
             }
-            if let Some(start) = self.buf.iter().position(|&b| b == b'$') {
-                if let Some(hash) = self.buf[start..].iter().position(|&b| b == b'#') {
-                    let end = start + hash + 3;
-                    if self.buf.len() >= end {
-                        let payload = String::from_utf8_lossy(&self.buf[start + 1..start + hash])
-                            .into_owned();
-                        self.buf.drain(..end);
-                        // Acknowledge (we stay in ack mode: simplest and always supported).
-                        self.s
-                            .write_all(b"+")
-                            .map_err(|e| GdbError::Io(e.to_string()))?;
-                        return Ok(payload);
-                    }
+            if let Some(start) = self.buf.iter().position(|&b| b == b'$')
+                && let Some(hash) = self.buf[start..].iter().position(|&b| b == b'#')
+            {
+                let end = start + hash + 3;
+                if self.buf.len() >= end {
+                    let payload =
+                        String::from_utf8_lossy(&self.buf[start + 1..start + hash]).into_owned();
+                    self.buf.drain(..end);
+                    // Acknowledge (we stay in ack mode: simplest and always supported).
+                    self.s
+                        .write_all(b"+")
+                        .map_err(|e| GdbError::Io(e.to_string()))?;
+                    return Ok(payload);
                 }
             }
             if self.buf.len() > MAX_PACKET {
