@@ -246,3 +246,27 @@ fn cold_path_kernel_ops_round_trip_and_refusals() {
         .collect();
     assert_eq!(tags, ["vtime", "nr_running", "jiffies", "narrow"]);
 }
+
+#[test]
+fn scx_qmap_attaches() {
+    let Some(env) = vm_env(None) else { return };
+    let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
+    run.scheduler = sched("/bin/scx_qmap", &[], 10_000);
+    let (r, _vm) = env
+        .run(
+            &with_scheduler(&env, "scx_qmap"),
+            Topology::flat(2),
+            256,
+            Duration::from_secs(90),
+            &run,
+            &mut no_ops(),
+        )
+        .unwrap();
+    assert_eq!(
+        r.phase(&Phase::SchedulerAttached),
+        Some("qmap"),
+        "{r:?}\n{}",
+        String::from_utf8_lossy(&r.sched_log)
+    );
+    assert_eq!(r.vm_exit, VmExit::PowerOff);
+}

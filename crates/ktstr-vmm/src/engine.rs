@@ -1,8 +1,8 @@
 //! Engine selection: `KTSTR_ENGINE=qemu|kvm|auto` (default `auto`).
 //!
-//! `auto` uses the kvm engine only where KVM runs guest kernel code at
-//! native speed; the kvm engine is not built yet, so today `auto` always
-//! picks qemu (TCG) and says why.
+//! `auto` probes KVM once per host boot (see [`crate::probe`]): where KVM
+//! runs guest kernel code natively it picks QEMU with KVM (the faster
+//! kvm engine is not built yet), otherwise QEMU with TCG, and says why.
 
 use crate::VmError;
 use crate::qemu::cmdline::Accel;
@@ -47,13 +47,44 @@ pub fn select_named(name: &str) -> Result<Selection, VmError> {
         "kvm" => Err(VmError::Unavailable(
             "the kvm engine (ktstr's own KVM microVM) is not built yet; use KTSTR_ENGINE=qemu or auto".into(),
         )),
-        "auto" | "" => Ok(Selection {
-            kind: EngineKind::Qemu(Accel::Tcg),
-            why: "auto: the kvm engine is not available in this build, so QEMU with TCG".into(),
-        }),
+        "auto" | "" => Ok(auto(&probe_cache_dir())),
         other => Err(VmError::Spec(format!(
             "unknown engine `{other}`: use qemu, qemu-kvm, kvm or auto"
         ))),
+    }
+}
+
+/// Where the per-boot probe result is cached.
+pub fn probe_cache_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ktstr")
+}
+
+/// `auto`: probe KVM (cached per host boot) and choose.
+pub fn auto(cache: &std::path::Path) -> Selection {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Selection {
+            kind: EngineKind::Qemu(Accel::Tcg),
+            why: "auto: no /dev/kvm, so QEMU with TCG".into(),
+        };
+    }
+    let r = crate::probe::cached_probe(cache);
+    if r.native {
+        Selection {
+            kind: EngineKind::Qemu(Accel::Kvm),
+            why: format!(
+                "auto: {}; QEMU with KVM (ktstr's own kvm engine is not built yet)",
+                r.detail
+            ),
+        }
+    } else {
+        Selection {
+            kind: EngineKind::Qemu(Accel::Tcg),
+            why: format!("auto: {}; QEMU with TCG", r.detail),
+        }
     }
 }
 

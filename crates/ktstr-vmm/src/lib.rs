@@ -12,6 +12,7 @@
 
 pub mod console;
 pub mod engine;
+pub mod probe;
 pub mod qemu;
 pub mod ram;
 pub mod spec;
