@@ -100,6 +100,10 @@ pub fn run(args: &[String]) -> Option<i32> {
             std::thread::sleep(Duration::from_secs(num(1, 10)));
             Some(0)
         }
+        // A workload worker (see worker.rs).
+        "worker" => Some(crate::worker::run(
+            args.get(1).map(String::as_str).unwrap_or(""),
+        )),
         // Exercise the cold path: a sleeping child gets its scx.dsq_vtime
         // written and read back, plus a per-CPU and a symbol read, plus
         // two writes that must be refused (running task, wrong start).

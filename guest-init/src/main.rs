@@ -13,6 +13,7 @@ mod payload;
 mod sched;
 mod sys;
 mod topo;
+mod worker;
 
 use ktstr_wire::{GuestMsg, Hello, HostMsg, PROTO_VERSION, Phase};
 use std::collections::HashSet;

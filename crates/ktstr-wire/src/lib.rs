@@ -17,3 +17,4 @@ pub use relay::RelayClient;
 pub mod relay;
 #[cfg(test)]
 mod tests;
+pub mod worker;

@@ -1,0 +1,342 @@
+//! What `#[ktstr_test]` expands to: the test's definition ([`TestDef`])
+//! and [`run_test`], which on the host boots a VM whose initramfs carries
+//! this very test binary, and inside the guest runs only the body.
+
+use crate::assert::AssertResult;
+use crate::cold::{ColdOps, SnapshotBridge};
+use crate::initramfs::Initramfs;
+use crate::scenario::Ctx;
+use crate::vmtest::vm_env;
+use ktstr_vmm::{Topology, VmExit};
+use ktstr_wire::{Phase, RunSpec, SchedSpec};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Env var naming the test to run in guest mode.
+pub const GUEST_TEST_ENV: &str = "KTSTR_GUEST_TEST";
+
+/// Where a scheduler binary comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerSpec {
+    /// By name through `KTSTR_SCHED_DIR` and the cache.
+    Discover(&'static str),
+    /// An explicit host path.
+    Path(&'static str),
+}
+
+/// A scheduler under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduler {
+    pub name: &'static str,
+    pub binary: SchedulerSpec,
+    pub args: &'static [&'static str],
+}
+
+impl Scheduler {
+    pub const fn named(name: &'static str) -> Self {
+        Self {
+            name,
+            binary: SchedulerSpec::Discover(name),
+            args: &[],
+        }
+    }
+    pub const fn binary(mut self, b: SchedulerSpec) -> Self {
+        self.binary = b;
+        self
+    }
+    pub const fn args(mut self, a: &'static [&'static str]) -> Self {
+        self.args = a;
+        self
+    }
+}
+
+/// Everything the host learns from a run.
+#[derive(Debug, Clone)]
+pub struct VmResult {
+    pub exit_code: i32,
+    pub timed_out: bool,
+    /// Kernel panic / oops text, or an engine failure.
+    pub crash_message: Option<String>,
+    pub guest_result: Option<AssertResult>,
+    pub console: String,
+    pub sched_log: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub lifecycle: Vec<(Phase, String)>,
+    pub snapshot_bridge: SnapshotBridge,
+    pub failure_dump: Option<PathBuf>,
+}
+
+/// A test body.
+pub type Body = fn(&Ctx) -> anyhow::Result<AssertResult>;
+/// A host-side check after the VM ended.
+pub type PostVm = fn(&VmResult) -> anyhow::Result<()>;
+
+/// One `#[ktstr_test]`.
+#[derive(Debug, Clone, Copy)]
+pub struct TestDef {
+    pub name: &'static str,
+    /// `module_path!()` where the test was defined.
+    pub module: &'static str,
+    pub body: Body,
+    pub scheduler: Option<Scheduler>,
+    pub extra_sched_args: &'static [&'static str],
+    pub topology: Topology,
+    pub memory_mb: u32,
+    pub duration_s: u64,
+    pub watchdog_timeout_s: u64,
+    pub post_vm: Option<PostVm>,
+    pub expect_err: bool,
+    pub kernel: Option<&'static str>,
+}
+
+impl TestDef {
+    pub const DEFAULT: TestDef = TestDef {
+        name: "",
+        module: "",
+        body: |_| Ok(AssertResult::pass()),
+        scheduler: None,
+        extra_sched_args: &[],
+        topology: Topology::flat(2),
+        memory_mb: 1024,
+        duration_s: 3,
+        watchdog_timeout_s: 30,
+        post_vm: None,
+        expect_err: false,
+        kernel: None,
+    };
+}
+
+/// Run a test: the body in guest mode, or a whole VM on the host.
+pub fn run_test(def: &TestDef) {
+    if std::env::var(GUEST_TEST_ENV).is_ok_and(|v| v == exact_name(def)) {
+        guest_mode(def);
+    } else {
+        host_mode(def);
+    }
+}
+
+fn guest_mode(def: &TestDef) {
+    let ctx = Ctx::from_guest_env();
+    let result = match (def.body)(&ctx) {
+        Ok(r) => r,
+        Err(e) => AssertResult::fail("body", format!("{e:#}")),
+    };
+    let passed = result.passed();
+    if let Ok(mut c) = ktstr_wire::RelayClient::from_env() {
+        let json = serde_json::to_string(&result).unwrap_or_default();
+        let _ = c.send(&ktstr_wire::GuestMsg::TestResult { passed, json });
+    }
+    assert!(passed, "{}", result.summary());
+}
+
+/// The name libtest knows the test by (module path without the crate).
+pub fn exact_name(def: &TestDef) -> String {
+    match def.module.split_once("::") {
+        Some((_, rest)) => format!("{rest}::{}", def.name),
+        None => def.name.to_string(),
+    }
+}
+
+/// This test binary with debug info stripped, cached by its identity.
+fn payload_binary(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let md = std::fs::metadata(&exe)?;
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::create_dir_all(dir)?;
+    let out = dir.join(format!("{name}-{}-{mtime}", md.len()));
+    if !out.is_file() {
+        let tmp = out.with_extension("tmp");
+        let stripped = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&exe)
+            .arg(&tmp)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(&exe, &tmp)?;
+        }
+        std::fs::rename(&tmp, &out)?;
+    }
+    Ok(out)
+}
+
+/// Text of a failed run: the checks, the console and scheduler log tails.
+pub fn summary(def: &TestDef, r: &VmResult, why: &str) -> String {
+    let tail = |s: &str, n: usize| {
+        let l: Vec<&str> = s.lines().collect();
+        l[l.len().saturating_sub(n)..].join("\n")
+    };
+    let mut s = format!("ktstr test `{}` failed: {why}\n", def.name);
+    if let Some(g) = &r.guest_result {
+        s += &format!("--- checks ---\n{}\n", g.summary());
+    }
+    if !r.stderr.trim().is_empty() {
+        s += &format!(
+            "--- guest test output (tail) ---\n{}\n",
+            tail(&r.stderr, 20)
+        );
+    }
+    if !r.sched_log.trim().is_empty() {
+        s += &format!("--- scheduler log (tail) ---\n{}\n", tail(&r.sched_log, 20));
+    }
+    s += &format!("--- console (tail) ---\n{}\n", tail(&r.console, 30));
+    if let Some(d) = &r.failure_dump {
+        s += &format!("--- failure dump: {} ---\n", d.display());
+    }
+    s
+}
+
+fn host_mode(def: &TestDef) {
+    let Some(env) = vm_env(def.kernel) else {
+        return;
+    };
+    let mut init = Initramfs::base();
+    let mut sched = None;
+    if let Some(s) = def.scheduler {
+        let path = match s.binary {
+            SchedulerSpec::Discover(n) => env.scheduler(n).unwrap_or_else(|e| panic!("{e}")),
+            SchedulerSpec::Path(p) => PathBuf::from(p),
+        };
+        init.add_file("/bin/scheduler", &path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut args: Vec<String> = s.args.iter().map(|a| a.to_string()).collect();
+        args.extend(def.extra_sched_args.iter().map(|a| a.to_string()));
+        sched = Some(SchedSpec {
+            path: "/bin/scheduler".into(),
+            args,
+            liveness_ms: 1000,
+            attach_timeout_ms: 10_000,
+        });
+    }
+    let payload = payload_binary(&env.cache.root().join("payloads"))
+        .unwrap_or_else(|e| panic!("test binary: {e}"));
+    init.add_executable_with_libs("/bin/ktstr-payload", &payload)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = def.topology;
+    let run = RunSpec {
+        scheduler: sched,
+        payload_argv: [
+            "/bin/ktstr-payload",
+            exact_name(def).as_str(),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        payload_env: vec![
+            (GUEST_TEST_ENV.into(), exact_name(def)),
+            (
+                "KTSTR_DURATION_MS".into(),
+                (def.duration_s * 1000).to_string(),
+            ),
+            (
+                "KTSTR_TOPOLOGY".into(),
+                format!("{},{},{},{}", t.nodes, t.llcs, t.cores, t.threads),
+            ),
+            ("RUST_BACKTRACE".into(), "1".into()),
+        ],
+        payload_timeout_ms: (def.duration_s + def.watchdog_timeout_s + 30) * 1000,
+        ..Default::default()
+    };
+    let timeout = Duration::from_secs(def.duration_s + def.watchdog_timeout_s + 90);
+    let image = std::sync::Arc::new(
+        ktstr_introspect::image::KernelImage::open(&env.kernel.vmlinux)
+            .unwrap_or_else(|e| panic!("{}: {e}", env.kernel.vmlinux.display())),
+    );
+    let mut cold = ColdOps::new(image);
+    let (r, _vm) = env
+        .run(&init, t, def.memory_mb, timeout, &run, &mut |vm, h, ops| {
+            cold.handle(vm, h, ops)
+        })
+        .unwrap_or_else(|e| panic!("booting the test VM: {e}"));
+    let crash_message = match &r.vm_exit {
+        VmExit::Panic { console_tail } => Some(console_tail.clone()),
+        VmExit::EngineError(e) => Some(e.clone()),
+        _ => kernel_problem(&r.console),
+    };
+    let guest_result = r
+        .test_result
+        .as_ref()
+        .and_then(|(_, j)| serde_json::from_str::<AssertResult>(j).ok());
+    let vr = VmResult {
+        exit_code: r.exit_code.unwrap_or(-1),
+        timed_out: matches!(r.vm_exit, VmExit::Timeout),
+        crash_message,
+        guest_result,
+        console: r.console.clone(),
+        sched_log: String::from_utf8_lossy(&r.sched_log).into_owned(),
+        stdout: r.stdout_text(),
+        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+        lifecycle: r.lifecycle.clone(),
+        snapshot_bridge: cold.bridge.clone(),
+        failure_dump: None,
+    };
+    let mut failures = Vec::new();
+    if let Some(e) = &r.error {
+        failures.push(format!("session: {e}"));
+    }
+    if let Some(d) = r
+        .phase(&Phase::SchedulerDied)
+        .or(r.phase(&Phase::SchedulerNotAttached))
+        && !def.expect_err
+    {
+        failures.push(format!("scheduler failed: {d}"));
+    }
+    if let Some(c) = &vr.crash_message {
+        failures.push(format!("guest kernel problem:\n{c}"));
+    }
+    if vr.timed_out {
+        failures.push("the VM hit its timeout".into());
+    }
+    if vr.exit_code != 0 && !def.expect_err {
+        failures.push(format!("guest test exited with {}", vr.exit_code));
+    }
+    if let Some(post) = def.post_vm
+        && let Err(e) = post(&vr)
+    {
+        failures.push(format!("post_vm: {e:#}"));
+    }
+    if !failures.is_empty() {
+        panic!("{}", summary(def, &vr, &failures.join("; ")));
+    }
+}
+
+/// A guest kernel problem is never a pass: oops, BUG, WARNING, panic.
+pub fn kernel_problem(console: &str) -> Option<String> {
+    let pats = [
+        "Kernel panic",
+        "Oops:",
+        "BUG:",
+        "WARNING:",
+        "general protection fault",
+    ];
+    let lines: Vec<&str> = console.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| pats.iter().any(|p| l.contains(p)))?;
+    Some(lines[i..(i + 25).min(lines.len())].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_problems_are_found() {
+        assert!(kernel_problem("[ 1.0] ok\n[ 2.0] all fine\n").is_none());
+        let c = "[ 1.0] ok\n[ 2.0] WARNING: CPU: 1 PID: 5 at kernel/sched/ext.c:42\n[ 2.1] trace\n";
+        assert!(kernel_problem(c).unwrap().starts_with("[ 2.0] WARNING"));
+        assert!(kernel_problem("BUG: kernel NULL pointer dereference").is_some());
+    }
+}

@@ -1,0 +1,170 @@
+//! Workloads (guest side): worker processes doing a [`WorkType`] under a
+//! policy and an affinity, started and stopped together, reporting what
+//! they measured. Workers are guest-init's `worker` helper (`/init worker
+//! <spec>`), so the test binary never forks itself.
+
+pub use ktstr_wire::worker::{SchedPolicy, WorkPhase, WorkType, WorkerReport};
+use ktstr_wire::worker::{WorkerSpec, from_hex, to_hex};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+/// Where workers may run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AffinityIntent {
+    #[default]
+    Inherit,
+    Cpus(Vec<u32>),
+    /// The CPUs of LLC `i` (from the guest's sysfs topology).
+    Llc(u32),
+    /// The CPUs of NUMA node `i`.
+    Node(u32),
+}
+
+/// A group of identical workers.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub num_workers: u32,
+    pub affinity: AffinityIntent,
+    pub work_type: WorkType,
+    pub sched_policy: SchedPolicy,
+    pub nice: i32,
+    /// Cgroup (below /sys/fs/cgroup) the workers join.
+    pub cgroup: String,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            num_workers: 1,
+            affinity: AffinityIntent::Inherit,
+            work_type: WorkType::SpinWait,
+            sched_policy: SchedPolicy::Normal,
+            nice: 0,
+            cgroup: String::new(),
+        }
+    }
+}
+
+/// The worker binary inside the guest.
+pub const WORKER_BIN: &str = "/init";
+
+fn sysfs_cpus(kind: &str, idx: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for cpu in 0..1024u32 {
+        let base = format!("/sys/devices/system/cpu/cpu{cpu}");
+        if std::fs::metadata(&base).is_err() {
+            break;
+        }
+        let hit = match kind {
+            "node" => std::fs::metadata(format!("{base}/node{idx}")).is_ok(),
+            _ => {
+                (0..4u32)
+                    .rev()
+                    .find_map(|i| std::fs::read_to_string(format!("{base}/cache/index{i}/id")).ok())
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    == Some(idx)
+            }
+        };
+        if hit {
+            out.push(cpu);
+        }
+    }
+    out
+}
+
+/// Resolve an affinity intent to a CPU list (empty: inherit).
+pub fn resolve_affinity(a: &AffinityIntent) -> Vec<u32> {
+    match a {
+        AffinityIntent::Inherit => Vec::new(),
+        AffinityIntent::Cpus(c) => c.clone(),
+        AffinityIntent::Llc(i) => sysfs_cpus("llc", *i),
+        AffinityIntent::Node(i) => sysfs_cpus("node", *i),
+    }
+}
+
+/// Running workers.
+pub struct WorkloadHandle {
+    children: Vec<Child>,
+    started: bool,
+}
+
+impl WorkloadHandle {
+    /// Spawn the workers (they wait for [`WorkloadHandle::start`]).
+    pub fn spawn(cfg: &WorkloadConfig) -> anyhow::Result<Self> {
+        let cpus = resolve_affinity(&cfg.affinity);
+        let mut children = Vec::new();
+        for index in 0..cfg.num_workers {
+            let spec = WorkerSpec {
+                index,
+                work: cfg.work_type.clone(),
+                policy: cfg.sched_policy,
+                nice: cfg.nice,
+                cpus: cpus.clone(),
+                cgroup: cfg.cgroup.clone(),
+            };
+            let child = Command::new(WORKER_BIN)
+                .arg("worker")
+                .arg(to_hex(&spec))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("spawn worker {index} ({WORKER_BIN} worker): {e}; workloads run inside ktstr guests"))?;
+            children.push(child);
+        }
+        Ok(Self {
+            children,
+            started: false,
+        })
+    }
+
+    /// Release every worker at once.
+    pub fn start(&mut self) {
+        for c in &mut self.children {
+            if let Some(i) = c.stdin.as_mut() {
+                let _ = i.write_all(b"g");
+                let _ = i.flush();
+            }
+        }
+        self.started = true;
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.children.iter().map(|c| c.id() as i32).collect()
+    }
+
+    /// Stop every worker and collect their reports.
+    pub fn stop_and_collect(mut self) -> Vec<WorkerReport> {
+        if !self.started {
+            self.start();
+        }
+        for c in &mut self.children {
+            // Closing stdin is the stop signal.
+            drop(c.stdin.take());
+        }
+        let mut out = Vec::new();
+        for mut c in std::mem::take(&mut self.children) {
+            if let Some(o) = c.stdout.take() {
+                for line in BufReader::new(o).lines().map_while(Result::ok) {
+                    if let Some(h) = line.strip_prefix("KTSTR-WORKER ")
+                        && let Ok(r) = from_hex::<WorkerReport>(h)
+                    {
+                        out.push(r);
+                    }
+                }
+            }
+            let _ = c.wait();
+        }
+        out.sort_by_key(|r| r.index);
+        out
+    }
+}
+
+impl Drop for WorkloadHandle {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
