@@ -154,7 +154,10 @@ fn payload_binary(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let out = dir.join(format!("{name}-{}-{mtime}", md.len()));
     if !out.is_file() {
-        let tmp = out.with_extension("tmp");
+        // Tests run concurrently: a private temporary, then an atomic rename.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = out.with_extension(format!("tmp-{}-{n}", std::process::id()));
         let stripped = std::process::Command::new("objcopy")
             .arg("--strip-debug")
             .arg(&exe)

@@ -1,0 +1,146 @@
+//! The frontend end to end on the 7.2 kernel: EEVDF and sched_ext steady
+//! scenarios with the standard checks, cpuset isolation (and a wrong
+//! expectation failing it), cold-path refusals through `Ctx`, and the
+//! summary a failing check prints.
+
+use anyhow::Result;
+use ktstr::assert::{AssertResult, isolation};
+use ktstr::ktstr_test;
+use ktstr::prelude::*;
+use ktstr::scenario::run_defs;
+use std::time::Duration;
+
+const SCX_SIMPLE: Scheduler = Scheduler::named("scx_simple");
+const SCX_QMAP: Scheduler = Scheduler::named("scx_qmap");
+
+fn steady(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![
+            CgroupDef::named("steady")
+                .workers(8)
+                .work_type(WorkType::SpinWait),
+        ],
+    )
+}
+
+/// EEVDF baseline: 4 vCPUs, 8 spinning workers for 3 s — none starved,
+/// CPU time within the default 15% spread.
+#[ktstr_test(cores = 4, duration_s = 3)]
+fn eevdf_steady_is_fair(ctx: &Ctx) -> Result<AssertResult> {
+    steady(ctx)
+}
+
+#[ktstr_test(scheduler = SCX_SIMPLE, cores = 4, duration_s = 3)]
+fn scx_simple_steady_is_fair(ctx: &Ctx) -> Result<AssertResult> {
+    steady(ctx)
+}
+
+#[ktstr_test(scheduler = SCX_QMAP, cores = 4, duration_s = 3)]
+fn scx_qmap_steady_is_fair(ctx: &Ctx) -> Result<AssertResult> {
+    steady(ctx)
+}
+
+/// A cgroup pinned to CPUs 2-3 stays there (the isolation check passes),
+/// and checking the same reports against CPU 0 only fails.
+#[ktstr_test(cores = 4, duration_s = 2)]
+fn cpuset_pinned_cgroup_stays_on_its_cpus(ctx: &Ctx) -> Result<AssertResult> {
+    let (reports, checks) = run_defs(
+        ctx,
+        &[
+            CgroupDef::named("pinned").workers(2).cpuset(vec![2, 3]),
+            CgroupDef::named("free").workers(2),
+        ],
+    )?;
+    let pinned = &reports[0].reports;
+    anyhow::ensure!(
+        pinned.iter().all(|r| !r.cpus.is_empty()),
+        "no CPU samples: {pinned:?}"
+    );
+    let wrong = isolation(pinned, &[0]);
+    let mut a = checks;
+    a.check("wrong expectation fails", !wrong.passed(), wrong.summary());
+    Ok(a)
+}
+
+/// Cold-path writes on a running task and with a stale start time are
+/// refused, naming the layer.
+#[ktstr_test(scheduler = SCX_SIMPLE, cores = 2, duration_s = 1)]
+fn cold_path_refusals_name_the_layer(ctx: &Ctx) -> Result<AssertResult> {
+    let mut h = WorkloadHandle::spawn(&WorkloadConfig {
+        num_workers: 1,
+        work_type: WorkType::SpinWait,
+        ..Default::default()
+    })?;
+    h.start();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = h.worker_pids()[0] as u32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(19)
+        .unwrap_or("0")
+        .parse()?;
+    let start = ticks * 10_000_000;
+    let w = |p, s| ktstr_wire::KernelOp::Write {
+        target: KernelTarget::task_field(p, s, "scx.dsq_vtime"),
+        value: KernelValue::u64(1),
+    };
+    let r = ctx.kernel_ops(vec![w(pid, start), w(pid, start + 7_000_000_000)])?;
+    let _ = h.stop_and_collect();
+    let mut a = AssertResult::pass();
+    a.check(
+        "running task refused at L4",
+        !r[0].success && r[0].reason.starts_with("L4 on_rq"),
+        r[0].reason.clone(),
+    );
+    a.check(
+        "stale start refused at L2",
+        !r[1].success && r[1].reason.starts_with("L2 start_time"),
+        r[1].reason.clone(),
+    );
+    Ok(a)
+}
+
+fn failing_body(ctx: &Ctx) -> Result<AssertResult> {
+    let (reports, _) = run_defs(
+        ctx,
+        &[CgroupDef::named("pinned").workers(1).cpuset(vec![1])],
+    )?;
+    Ok(isolation(&reports[0].reports, &[0]))
+}
+
+/// A failing check fails the test with a summary naming the check, its
+/// numbers, and the console and scheduler log tails.
+#[test]
+fn failing_check_prints_a_summary() {
+    let def = ktstr::test_support::TestDef {
+        name: "failing_check_prints_a_summary",
+        module: module_path!(),
+        body: failing_body,
+        scheduler: Some(SCX_SIMPLE),
+        duration_s: 1,
+        ..ktstr::test_support::TestDef::DEFAULT
+    };
+    if std::env::var(ktstr::test_support::GUEST_TEST_ENV).is_ok() {
+        ktstr::test_support::run_test(&def);
+        return;
+    }
+    if ktstr_test::vmtest::vm_env(None).is_none() {
+        return;
+    }
+    let err = std::panic::catch_unwind(|| ktstr::test_support::run_test(&def))
+        .expect_err("the test must fail");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    for want in [
+        "FAILED isolation",
+        "workers ran outside [0]",
+        "--- scheduler log (tail) ---",
+        "--- console (tail) ---",
+    ] {
+        assert!(msg.contains(want), "summary lacks {want:?}:\n{msg}");
+    }
+}
