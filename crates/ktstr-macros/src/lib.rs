@@ -122,7 +122,7 @@ fn expand(
     let attrs = &func.attrs;
     let vis = &func.vis;
     Ok(quote! {
-        #[allow(non_snake_case)]
+        #[allow(non_snake_case, dead_code)]
         #body_fn
 
         #(#attrs)*
