@@ -150,6 +150,7 @@ pub fn run(vm: &RunningVm, spec: &RunSpec, on_ops: &mut OpHandler<'_>) -> Sessio
         match msg {
             GuestMsg::Hello(h) => {
                 r.boot_to_hello = Some(vm.booted_at().elapsed());
+                tracing::debug!(elapsed = ?r.boot_to_hello, "hello");
                 if let Err(e) = check_version(h.proto) {
                     r.error = Some(e.clone());
                     let _ = write_msg(&mut wsock, &HostMsg::Shutdown { reason: e });
@@ -165,7 +166,10 @@ pub fn run(vm: &RunningVm, spec: &RunSpec, on_ops: &mut OpHandler<'_>) -> Sessio
                     sent_run = true;
                 }
             }
-            GuestMsg::Lifecycle { phase, detail } => r.lifecycle.push((phase, detail)),
+            GuestMsg::Lifecycle { phase, detail } => {
+                tracing::debug!(elapsed = ?vm.booted_at().elapsed(), ?phase, "lifecycle");
+                r.lifecycle.push((phase, detail))
+            }
             GuestMsg::SchedLog(d) => {
                 if r.sched_log.len() < MAX_OUTPUT {
                     r.sched_log.extend_from_slice(&d);
@@ -189,6 +193,7 @@ pub fn run(vm: &RunningVm, spec: &RunSpec, on_ops: &mut OpHandler<'_>) -> Sessio
                 }
             }
             GuestMsg::Exit { code } => {
+                tracing::debug!(elapsed = ?vm.booted_at().elapsed(), "guest exit message");
                 r.exit_code = Some(code);
                 done = true;
             }
@@ -197,6 +202,7 @@ pub fn run(vm: &RunningVm, spec: &RunSpec, on_ops: &mut OpHandler<'_>) -> Sessio
     }
     // The guest powers off after Exit; give it a bounded time to do so.
     r.vm_exit = wait_bounded(vm, Duration::from_secs(20));
+    tracing::debug!(elapsed = ?vm.booted_at().elapsed(), exit = ?r.vm_exit, "VM ended");
     let _ = wsock.shutdown(std::net::Shutdown::Both);
     let _ = reader.join();
     // Late messages (e.g. a scheduler-death report) that raced the exit.

@@ -98,7 +98,7 @@ impl TestDef {
         scheduler: None,
         extra_sched_args: &[],
         topology: Topology::flat(2),
-        memory_mb: 1024,
+        memory_mb: 512,
         duration_s: 3,
         watchdog_timeout_s: 30,
         post_vm: None,

@@ -105,6 +105,29 @@ impl VmEnv {
     }
 }
 
+/// The parsed symbols + BTF of a vmlinux, shared by every test in this
+/// process (parsing takes ~0.5 s).
+pub fn kernel_image(
+    vmlinux: &std::path::Path,
+) -> Result<std::sync::Arc<ktstr_introspect::image::KernelImage>, String> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Images = Mutex<HashMap<PathBuf, Arc<ktstr_introspect::image::KernelImage>>>;
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    let m = IMAGES.get_or_init(Default::default);
+    if let Some(i) = m.lock().unwrap_or_else(|e| e.into_inner()).get(vmlinux) {
+        return Ok(i.clone());
+    }
+    let img = Arc::new(
+        ktstr_introspect::image::KernelImage::open(vmlinux)
+            .map_err(|e| format!("{}: {e}", vmlinux.display()))?,
+    );
+    m.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(vmlinux.to_path_buf(), img.clone());
+    Ok(img)
+}
+
 /// A RunSpec whose payload is a guest-init helper (`/init <args>`).
 pub fn helper_run(args: &[&str], timeout: Duration) -> RunSpec {
     RunSpec {
