@@ -28,6 +28,8 @@ const KEYS: &[&str] = &[
     "watchdog_timeout_s",
     "post_vm",
     "expect_err",
+    "expect_scx_bpf_error_contains",
+    "vmcore",
     "kernel",
     "auto_repro",
 ];
@@ -97,6 +99,9 @@ fn expand(
             "watchdog_timeout_s" => fields.push(quote! { watchdog_timeout_s: #v, }),
             "post_vm" => fields.push(quote! { post_vm: ::core::option::Option::Some(#v), }),
             "expect_err" => fields.push(quote! { expect_err: #v, }),
+            "expect_scx_bpf_error_contains" => fields
+                .push(quote! { expect_scx_bpf_error_contains: ::core::option::Option::Some(#v), }),
+            "vmcore" => fields.push(quote! { vmcore: #v, }),
             "kernel" => fields.push(quote! { kernel: ::core::option::Option::Some(#v), }),
             // Accepted for compatibility; automatic reproduction is not built yet.
             "auto_repro" => {

@@ -31,3 +31,5 @@ pub mod prelude {
         KernelOpReplyPayload, KernelOpValue, KernelTarget, KernelValue, KernelValueWidth,
     };
 }
+pub mod dump;
+pub mod failure;

@@ -69,8 +69,21 @@ fn connect(vm: &RunningVm, deadline: Instant) -> Result<UnixStream, String> {
     }
 }
 
+/// What the session calls on each lifecycle event (phase, detail).
+pub type LifecycleHook<'a> = dyn FnMut(&RunningVm, Option<&Hello>, &Phase, &str) + 'a;
+
 /// Run one session to the end.
 pub fn run(vm: &RunningVm, spec: &RunSpec, on_ops: &mut OpHandler<'_>) -> SessionResult {
+    run_with_hooks(vm, spec, on_ops, &mut |_, _, _, _| {})
+}
+
+/// Run one session, calling `on_lifecycle` as lifecycle events arrive.
+pub fn run_with_hooks(
+    vm: &RunningVm,
+    spec: &RunSpec,
+    on_ops: &mut OpHandler<'_>,
+    on_lifecycle: &mut LifecycleHook<'_>,
+) -> SessionResult {
     let mut r = SessionResult {
         vm_exit: VmExit::EngineError("not finished".into()),
         hello: None,
@@ -168,6 +181,7 @@ pub fn run(vm: &RunningVm, spec: &RunSpec, on_ops: &mut OpHandler<'_>) -> Sessio
             }
             GuestMsg::Lifecycle { phase, detail } => {
                 tracing::debug!(elapsed = ?vm.booted_at().elapsed(), ?phase, "lifecycle");
+                on_lifecycle(vm, r.hello.as_ref(), &phase, &detail);
                 r.lifecycle.push((phase, detail))
             }
             GuestMsg::SchedLog(d) => {

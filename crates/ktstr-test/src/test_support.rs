@@ -64,7 +64,11 @@ pub struct VmResult {
     pub stderr: String,
     pub lifecycle: Vec<(Phase, String)>,
     pub snapshot_bridge: SnapshotBridge,
+    /// Directory of the failure dump (`dump.json`, `dump.txt`), if the
+    /// scheduler failed.
     pub failure_dump: Option<PathBuf>,
+    /// The failure dump itself.
+    pub dump: Option<crate::dump::FailureDump>,
 }
 
 /// A test body.
@@ -87,6 +91,10 @@ pub struct TestDef {
     pub watchdog_timeout_s: u64,
     pub post_vm: Option<PostVm>,
     pub expect_err: bool,
+    /// With `expect_err`: the scheduler's exit reason must contain this.
+    pub expect_scx_bpf_error_contains: Option<&'static str>,
+    /// Also write a vmcore at the instant of failure (or `KTSTR_VMCORE=1`).
+    pub vmcore: bool,
     pub kernel: Option<&'static str>,
 }
 
@@ -103,6 +111,8 @@ impl TestDef {
         watchdog_timeout_s: 30,
         post_vm: None,
         expect_err: false,
+        expect_scx_bpf_error_contains: None,
+        vmcore: false,
         kernel: None,
     };
 }
@@ -257,12 +267,44 @@ fn host_mode(def: &TestDef) {
         ktstr_introspect::image::KernelImage::open(&env.kernel.vmlinux)
             .unwrap_or_else(|e| panic!("{}: {e}", env.kernel.vmlinux.display())),
     );
-    let mut cold = ColdOps::new(image);
+    let mut cold = ColdOps::new(image.clone());
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let dump_dir = crate::dump::dump_root().join(format!("{}-{id}", def.name));
+    let want_vmcore = def.vmcore || std::env::var("KTSTR_VMCORE").is_ok_and(|v| v == "1");
+    let mut fc =
+        crate::failure::FailureCapture::new(image, want_vmcore.then(|| dump_dir.join("vmcore")));
     let (r, _vm) = env
-        .run(&init, t, def.memory_mb, timeout, &run, &mut |vm, h, ops| {
-            cold.handle(vm, h, ops)
-        })
+        .run_with_hooks(
+            &init,
+            t,
+            def.memory_mb,
+            timeout,
+            &run,
+            &mut |vm, h, ops| cold.handle(vm, h, ops),
+            &mut |vm, h, phase, _| fc.on_lifecycle(vm, h, phase),
+        )
         .unwrap_or_else(|e| panic!("booting the test VM: {e}"));
+    let sched_log = String::from_utf8_lossy(&r.sched_log).into_owned();
+    let dump = fc.take().map(|mut d| {
+        let tail = |s: &str, n: usize| {
+            let l: Vec<&str> = s.lines().collect();
+            l[l.len().saturating_sub(n)..].join("\n")
+        };
+        d.test = def.name.to_string();
+        d.exit_reason = crate::dump::exit_lines(&r.console);
+        d.console_tail = tail(&r.console, 60);
+        d.sched_log_tail = tail(&sched_log, 60);
+        if let Err(e) = d.write(&dump_dir) {
+            tracing::warn!(error = %e, "writing the failure dump");
+        }
+        d
+    });
     let crash_message = match &r.vm_exit {
         VmExit::Panic { console_tail } => Some(console_tail.clone()),
         VmExit::EngineError(e) => Some(e.clone()),
@@ -278,23 +320,53 @@ fn host_mode(def: &TestDef) {
         crash_message,
         guest_result,
         console: r.console.clone(),
-        sched_log: String::from_utf8_lossy(&r.sched_log).into_owned(),
+        sched_log,
         stdout: r.stdout_text(),
         stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
         lifecycle: r.lifecycle.clone(),
         snapshot_bridge: cold.bridge.clone(),
-        failure_dump: None,
+        failure_dump: dump.as_ref().map(|_| dump_dir.clone()),
+        dump,
     };
     let mut failures = Vec::new();
     if let Some(e) = &r.error {
         failures.push(format!("session: {e}"));
     }
-    if let Some(d) = r
-        .phase(&Phase::SchedulerDied)
-        .or(r.phase(&Phase::SchedulerNotAttached))
-        && !def.expect_err
-    {
-        failures.push(format!("scheduler failed: {d}"));
+    let errored = vr
+        .dump
+        .as_ref()
+        .is_some_and(|d| d.exit_kind >= crate::dump::SCX_EXIT_ERROR);
+    if def.expect_err {
+        if !errored {
+            failures.push(
+                "expected the scheduler to fail (expect_err), but no scheduler error was captured"
+                    .into(),
+            );
+        } else if let Some(want) = def.expect_scx_bpf_error_contains {
+            let reason = vr
+                .dump
+                .as_ref()
+                .map(|d| d.exit_reason.join("\n"))
+                .unwrap_or_default();
+            if !reason.contains(want) {
+                failures.push(format!(
+                    "scheduler error reason does not contain {want:?}: {reason:?}"
+                ));
+            }
+        }
+    } else {
+        if let Some(d) = r
+            .phase(&Phase::SchedulerDied)
+            .or(r.phase(&Phase::SchedulerNotAttached))
+        {
+            failures.push(format!("scheduler failed: {d}"));
+        }
+        if let Some(d) = &vr.dump {
+            failures.push(format!(
+                "scheduler error captured:\n  {}",
+                d.key_lines().join("\n  ")
+            ));
+        }
     }
     if let Some(c) = &vr.crash_message {
         failures.push(format!("guest kernel problem:\n{c}"));

@@ -103,6 +103,27 @@ impl VmEnv {
         let r = session::run(&vm, run, on_ops);
         Ok((r, vm))
     }
+
+    /// Like [`VmEnv::run`], with a lifecycle hook.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_hooks(
+        &self,
+        initramfs: &Initramfs,
+        topology: Topology,
+        memory_mb: u32,
+        timeout: Duration,
+        run: &RunSpec,
+        on_ops: &mut OpHandler<'_>,
+        on_lifecycle: &mut session::LifecycleHook<'_>,
+    ) -> Result<(SessionResult, RunningVm), String> {
+        let path = initramfs
+            .write_cached(&self.initramfs_dir())
+            .map_err(|e| e.to_string())?;
+        let spec = self.spec(path, topology, memory_mb, timeout);
+        let vm = RunningVm::boot(&spec).map_err(|e| e.to_string())?;
+        let r = session::run_with_hooks(&vm, run, on_ops, on_lifecycle);
+        Ok((r, vm))
+    }
 }
 
 /// The parsed symbols + BTF of a vmlinux, shared by every test in this

@@ -1,0 +1,139 @@
+//! Failure dumps captured at the instant of failure, on the real kernels:
+//! scx_qmap made to stall a task trips the sched_ext watchdog; scx_qmap
+//! made to call scx_bpf_error; the same without `expect_err` failing with
+//! a summary that points at the dump; and the 6.12 kernel (globals).
+
+use anyhow::Result;
+use ktstr::assert::AssertResult;
+use ktstr::ktstr_test;
+use ktstr::prelude::*;
+use std::time::Duration;
+
+const QMAP: Scheduler = Scheduler::named("scx_qmap");
+
+fn spinners(ctx: &Ctx) -> Result<AssertResult> {
+    let mut h = WorkloadHandle::spawn(&WorkloadConfig {
+        num_workers: 4,
+        work_type: WorkType::Mixed,
+        ..Default::default()
+    })?;
+    h.start();
+    std::thread::sleep(ctx.duration);
+    let _ = h.stop_and_collect();
+    // The scheduler is expected to fail: the host judges by the dump.
+    Ok(AssertResult::pass())
+}
+
+fn check_dump(r: &VmResult, kind: &str) -> Result<()> {
+    let d = r
+        .dump
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no failure dump"))?;
+    anyhow::ensure!(
+        d.exit_kind_name == kind,
+        "exit kind {} ({}), want {kind}",
+        d.exit_kind_name,
+        d.exit_kind
+    );
+    anyhow::ensure!(
+        d.provenance.starts_with("watchpoint"),
+        "captured {}",
+        d.provenance
+    );
+    let dir = r
+        .failure_dump
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no dump dir"))?;
+    for f in ["dump.json", "dump.txt"] {
+        anyhow::ensure!(dir.join(f).is_file(), "{} missing", dir.join(f).display());
+    }
+    let loaded = ktstr_test::dump::FailureDump::load(dir).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(loaded == *d, "dump.json does not round-trip");
+    Ok(())
+}
+
+fn stalled_on_a_queue(r: &VmResult) -> Result<()> {
+    check_dump(r, "SCX_EXIT_ERROR_STALL")?;
+    let d = r.dump.as_ref().unwrap();
+    let stalled = ktstr_test::dump::stalled_tasks(d);
+    anyhow::ensure!(
+        !stalled.is_empty(),
+        "no task older than the watchdog timeout:\n{}",
+        d.render_text()
+    );
+    anyhow::ensure!(
+        stalled.iter().any(|t| t
+            .found_on
+            .iter()
+            .any(|w| w.starts_with("runnable cpu") || w.starts_with("dsq "))),
+        "stalled tasks not on a runnable list or DSQ: {:?}",
+        stalled
+            .iter()
+            .map(|t| (&t.comm, &t.found_on))
+            .collect::<Vec<_>>()
+    );
+    anyhow::ensure!(
+        d.exit_reason.iter().any(|l| l.contains("disabled")),
+        "{:?}",
+        d.exit_reason
+    );
+    Ok(())
+}
+
+/// `-t 2` stalls every 2nd user thread; qmap's 5 s watchdog fires.
+#[ktstr_test(scheduler = QMAP, extra_sched_args = ["-t", "2"], expect_err = true, cores = 2, duration_s = 12, watchdog_timeout_s = 5, post_vm = stalled_on_a_queue)]
+fn qmap_stall_is_caught_before_teardown(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+fn bpf_error(r: &VmResult) -> Result<()> {
+    check_dump(r, "SCX_EXIT_ERROR_BPF")
+}
+
+/// `-e 50` calls scx_bpf_error("test triggering error") after 50 enqueues.
+#[ktstr_test(scheduler = QMAP, extra_sched_args = ["-e", "50"], expect_err = true,
+             expect_scx_bpf_error_contains = "test triggering error", cores = 2, duration_s = 3, post_vm = bpf_error)]
+fn qmap_scx_bpf_error_is_caught(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+#[ktstr_test(scheduler = QMAP, extra_sched_args = ["-e", "50"], expect_err = true,
+             expect_scx_bpf_error_contains = "test triggering error", cores = 2, duration_s = 3,
+             kernel = "6.12", post_vm = bpf_error)]
+fn qmap_scx_bpf_error_is_caught_on_612(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// Without `expect_err` the same failure fails the test, and the summary
+/// names the dump and its key lines.
+#[test]
+fn unexpected_scheduler_error_points_at_the_dump() {
+    let def = ktstr::test_support::TestDef {
+        name: "unexpected_scheduler_error_points_at_the_dump",
+        module: module_path!(),
+        body: spinners,
+        scheduler: Some(QMAP),
+        extra_sched_args: &["-e", "50"],
+        duration_s: 3,
+        ..ktstr::test_support::TestDef::DEFAULT
+    };
+    if std::env::var(ktstr::test_support::GUEST_TEST_ENV).is_ok() {
+        ktstr::test_support::run_test(&def);
+        return;
+    }
+    if ktstr_test::vmtest::vm_env(None).is_none() {
+        return;
+    }
+    let err =
+        std::panic::catch_unwind(|| ktstr::test_support::run_test(&def)).expect_err("must fail");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    for want in [
+        "scheduler error captured",
+        "exit kind: SCX_EXIT_ERROR_BPF",
+        "--- failure dump: ",
+        "DSQ depths:",
+    ] {
+        assert!(msg.contains(want), "summary lacks {want:?}:\n{msg}");
+    }
+    let _ = Duration::ZERO;
+}
