@@ -1,6 +1,8 @@
 //! Argument parsing and dispatch for the `ktstr` binary.
 
+mod dump;
 mod kernel;
+mod run;
 mod sched;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,31 @@ pub enum Command {
     /// Build, import and list sched_ext schedulers for a cached kernel.
     #[command(subcommand)]
     Sched(sched::SchedCmd),
+    /// Boot a VM with a kernel and a scheduler, run a built-in scenario,
+    /// report, and exit non-zero on failure (writing a dump when the
+    /// scheduler fails). Provisions the kernel and schedulers on first use.
+    Run(run::RunArgs),
+    /// Re-render saved failure dumps.
+    #[command(subcommand)]
+    Dump(dump::DumpCmd),
+    /// Print the sched_ext and EEVDF state of any vmcore.
+    Analyze {
+        /// The vmlinux of the kernel that produced the dump (symbols + BTF).
+        #[arg(long)]
+        vmlinux: std::path::PathBuf,
+        /// The ELF vmcore (QEMU dump-guest-memory, kdump, ktstr's own).
+        #[arg(long)]
+        vmcore: std::path::PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The guest kernel's CONFIG_HZ (for runnable ages in ms).
+        #[arg(long, default_value_t = 1000)]
+        hz: u32,
+    },
+    /// (internal) The guest side of `ktstr run`.
+    #[command(name = "__guest-scenario", hide = true)]
+    GuestScenario { name: String },
 }
 
 pub fn cache(cli_dir: &Option<std::path::PathBuf>) -> anyhow::Result<ktstr_test::cache::Cache> {
@@ -49,6 +76,15 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Kernel(k) => kernel::run(&cli, k),
         Command::Sched(s) => sched::run(&cli, s),
+        Command::Run(a) => run::run_cmd(&cli, a),
+        Command::Dump(d) => dump::dump_cmd(d),
+        Command::Analyze {
+            vmlinux,
+            vmcore,
+            json,
+            hz,
+        } => dump::analyze(vmlinux, vmcore, *json, *hz),
+        Command::GuestScenario { name } => run::guest_scenario(name),
     };
     match result {
         Ok(code) => code,

@@ -33,3 +33,4 @@ pub mod prelude {
 }
 pub mod dump;
 pub mod failure;
+pub mod runner;

@@ -140,7 +140,7 @@ fn create_cgroup(name: &str, cpuset: Option<&[u32]>) -> anyhow::Result<()> {
 }
 
 /// Per-cgroup reports from a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CgroupReport {
     pub name: String,
     pub cpuset: Option<Vec<u32>>,
@@ -193,6 +193,79 @@ pub fn run_defs(
         });
     }
     Ok((out, a))
+}
+
+/// The scenarios `ktstr run --scenario` knows.
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "steady",
+        "two spinning workers per CPU in one cgroup: starvation and fairness",
+    ),
+    (
+        "cgroups",
+        "two cgroups pinned to disjoint CPU halves, two spinners per CPU each: isolation and fairness",
+    ),
+    (
+        "wake-chains",
+        "pairs of tasks waking each other through pipes: wake latency and progress",
+    ),
+];
+
+/// The cgroups of a built-in scenario.
+pub fn builtin_defs(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<CgroupDef>> {
+    let cpus = ctx.all_cpus();
+    let n = cpus.len().max(1) as u32;
+    Ok(match name {
+        "steady" => vec![CgroupDef::named("steady").workers(2 * n)],
+        "cgroups" => {
+            let half = cpus.len() / 2;
+            let (a, b) = if half == 0 {
+                (cpus.clone(), cpus.clone())
+            } else {
+                (cpus[..half].to_vec(), cpus[half..].to_vec())
+            };
+            let (na, nb) = (2 * a.len() as u32, 2 * b.len() as u32);
+            vec![
+                CgroupDef::named("cg_a").workers(na).cpuset(a),
+                CgroupDef::named("cg_b").workers(nb).cpuset(b),
+            ]
+        }
+        "wake-chains" => vec![
+            CgroupDef::named("chains")
+                .workers(n)
+                .work_type(WorkType::PipeIo),
+        ],
+        other => anyhow::bail!(
+            "unknown scenario `{other}`; built-in: {}",
+            BUILTIN
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// What a built-in scenario run reports back to the host.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub duration_ms: u64,
+    pub cgroups: Vec<CgroupReport>,
+    pub checks: AssertResult,
+}
+
+/// Guest side of `ktstr run`: run a built-in scenario and report it.
+pub fn run_builtin(name: &str) -> anyhow::Result<ScenarioReport> {
+    let ctx = Ctx::from_guest_env();
+    let defs = builtin_defs(name, &ctx)?;
+    let (cgroups, checks) = run_defs(&ctx, &defs)?;
+    Ok(ScenarioReport {
+        scenario: name.into(),
+        duration_ms: ctx.duration.as_millis() as u64,
+        cgroups,
+        checks,
+    })
 }
 
 /// Operations a step applies.

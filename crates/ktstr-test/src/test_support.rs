@@ -3,14 +3,12 @@
 //! this very test binary, and inside the guest runs only the body.
 
 use crate::assert::AssertResult;
-use crate::cold::{ColdOps, SnapshotBridge};
-use crate::initramfs::Initramfs;
+use crate::cold::SnapshotBridge;
 use crate::scenario::Ctx;
 use crate::vmtest::vm_env;
-use ktstr_vmm::{Topology, VmExit};
-use ktstr_wire::{Phase, RunSpec, SchedSpec};
+use ktstr_vmm::Topology;
+use ktstr_wire::Phase;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Env var naming the test to run in guest mode.
 pub const GUEST_TEST_ENV: &str = "KTSTR_GUEST_TEST";
@@ -58,11 +56,16 @@ pub struct VmResult {
     /// Kernel panic / oops text, or an engine failure.
     pub crash_message: Option<String>,
     pub guest_result: Option<AssertResult>,
+    /// The payload's raw result JSON (tests: an AssertResult; `ktstr run`:
+    /// a scenario report).
+    pub guest_json: Option<String>,
     pub console: String,
     pub sched_log: String,
     pub stdout: String,
     pub stderr: String,
     pub lifecycle: Vec<(Phase, String)>,
+    /// A protocol or channel problem, if any.
+    pub session_error: Option<String>,
     pub snapshot_bridge: SnapshotBridge,
     /// Directory of the failure dump (`dump.json`, `dump.txt`), if the
     /// scheduler failed.
@@ -183,12 +186,12 @@ fn payload_binary(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Text of a failed run: the checks, the console and scheduler log tails.
-pub fn summary(def: &TestDef, r: &VmResult, why: &str) -> String {
+pub fn summary(name: &str, r: &VmResult, why: &str) -> String {
     let tail = |s: &str, n: usize| {
         let l: Vec<&str> = s.lines().collect();
         l[l.len().saturating_sub(n)..].join("\n")
     };
-    let mut s = format!("ktstr test `{}` failed: {why}\n", def.name);
+    let mut s = format!("ktstr test `{name}` failed: {why}\n");
     if let Some(g) = &r.guest_result {
         s += &format!("--- checks ---\n{}\n", g.summary());
     }
@@ -212,178 +215,43 @@ fn host_mode(def: &TestDef) {
     let Some(env) = vm_env(def.kernel) else {
         return;
     };
-    let mut init = Initramfs::base();
-    let mut sched = None;
-    if let Some(s) = def.scheduler {
+    let scheduler = def.scheduler.map(|s| {
         let path = match s.binary {
             SchedulerSpec::Discover(n) => env.scheduler(n).unwrap_or_else(|e| panic!("{e}")),
             SchedulerSpec::Path(p) => PathBuf::from(p),
         };
-        init.add_file("/bin/scheduler", &path)
-            .unwrap_or_else(|e| panic!("{e}"));
         let mut args: Vec<String> = s.args.iter().map(|a| a.to_string()).collect();
         args.extend(def.extra_sched_args.iter().map(|a| a.to_string()));
-        sched = Some(SchedSpec {
-            path: "/bin/scheduler".into(),
-            args,
-            liveness_ms: 1000,
-            attach_timeout_ms: 10_000,
-        });
-    }
+        (path, args)
+    });
     let payload = payload_binary(&env.cache.root().join("payloads"))
         .unwrap_or_else(|e| panic!("test binary: {e}"));
-    init.add_executable_with_libs("/bin/ktstr-payload", &payload)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let t = def.topology;
-    let run = RunSpec {
-        scheduler: sched,
-        payload_argv: [
-            "/bin/ktstr-payload",
-            exact_name(def).as_str(),
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        payload_env: vec![
-            (GUEST_TEST_ENV.into(), exact_name(def)),
-            (
-                "KTSTR_DURATION_MS".into(),
-                (def.duration_s * 1000).to_string(),
-            ),
-            (
-                "KTSTR_TOPOLOGY".into(),
-                format!("{},{},{},{}", t.nodes, t.llcs, t.cores, t.threads),
-            ),
-            ("RUST_BACKTRACE".into(), "1".into()),
+    let req = crate::runner::RunRequest {
+        name: def.name.to_string(),
+        scheduler,
+        topology: def.topology,
+        memory_mb: def.memory_mb,
+        duration_s: def.duration_s,
+        watchdog_timeout_s: def.watchdog_timeout_s,
+        payload,
+        payload_args: vec![
+            exact_name(def),
+            "--exact".into(),
+            "--nocapture".into(),
+            "--test-threads=1".into(),
         ],
-        payload_timeout_ms: (def.duration_s + def.watchdog_timeout_s + 30) * 1000,
-        ..Default::default()
+        payload_env: vec![(GUEST_TEST_ENV.into(), exact_name(def))],
+        vmcore: def.vmcore || std::env::var("KTSTR_VMCORE").is_ok_and(|v| v == "1"),
     };
-    let timeout = Duration::from_secs(def.duration_s + def.watchdog_timeout_s + 90);
-    let image = std::sync::Arc::new(
-        ktstr_introspect::image::KernelImage::open(&env.kernel.vmlinux)
-            .unwrap_or_else(|e| panic!("{}: {e}", env.kernel.vmlinux.display())),
-    );
-    let mut cold = ColdOps::new(image.clone());
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    );
-    let dump_dir = crate::dump::dump_root().join(format!("{}-{id}", def.name));
-    let want_vmcore = def.vmcore || std::env::var("KTSTR_VMCORE").is_ok_and(|v| v == "1");
-    let mut fc =
-        crate::failure::FailureCapture::new(image, want_vmcore.then(|| dump_dir.join("vmcore")));
-    let (r, _vm) = env
-        .run_with_hooks(
-            &init,
-            t,
-            def.memory_mb,
-            timeout,
-            &run,
-            &mut |vm, h, ops| cold.handle(vm, h, ops),
-            &mut |vm, h, phase, _| fc.on_lifecycle(vm, h, phase),
-        )
-        .unwrap_or_else(|e| panic!("booting the test VM: {e}"));
-    let sched_log = String::from_utf8_lossy(&r.sched_log).into_owned();
-    let dump = fc.take().map(|mut d| {
-        let tail = |s: &str, n: usize| {
-            let l: Vec<&str> = s.lines().collect();
-            l[l.len().saturating_sub(n)..].join("\n")
-        };
-        d.test = def.name.to_string();
-        d.exit_reason = crate::dump::exit_lines(&r.console);
-        d.console_tail = tail(&r.console, 60);
-        d.sched_log_tail = tail(&sched_log, 60);
-        if let Err(e) = d.write(&dump_dir) {
-            tracing::warn!(error = %e, "writing the failure dump");
-        }
-        d
-    });
-    let crash_message = match &r.vm_exit {
-        VmExit::Panic { console_tail } => Some(console_tail.clone()),
-        VmExit::EngineError(e) => Some(e.clone()),
-        _ => kernel_problem(&r.console),
-    };
-    let guest_result = r
-        .test_result
-        .as_ref()
-        .and_then(|(_, j)| serde_json::from_str::<AssertResult>(j).ok());
-    let vr = VmResult {
-        exit_code: r.exit_code.unwrap_or(-1),
-        timed_out: matches!(r.vm_exit, VmExit::Timeout),
-        crash_message,
-        guest_result,
-        console: r.console.clone(),
-        sched_log,
-        stdout: r.stdout_text(),
-        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
-        lifecycle: r.lifecycle.clone(),
-        snapshot_bridge: cold.bridge.clone(),
-        failure_dump: dump.as_ref().map(|_| dump_dir.clone()),
-        dump,
-    };
-    let mut failures = Vec::new();
-    if let Some(e) = &r.error {
-        failures.push(format!("session: {e}"));
-    }
-    let errored = vr
-        .dump
-        .as_ref()
-        .is_some_and(|d| d.exit_kind >= crate::dump::SCX_EXIT_ERROR);
-    if def.expect_err {
-        if !errored {
-            failures.push(
-                "expected the scheduler to fail (expect_err), but no scheduler error was captured"
-                    .into(),
-            );
-        } else if let Some(want) = def.expect_scx_bpf_error_contains {
-            let reason = vr
-                .dump
-                .as_ref()
-                .map(|d| d.exit_reason.join("\n"))
-                .unwrap_or_default();
-            if !reason.contains(want) {
-                failures.push(format!(
-                    "scheduler error reason does not contain {want:?}: {reason:?}"
-                ));
-            }
-        }
-    } else {
-        if let Some(d) = r
-            .phase(&Phase::SchedulerDied)
-            .or(r.phase(&Phase::SchedulerNotAttached))
-        {
-            failures.push(format!("scheduler failed: {d}"));
-        }
-        if let Some(d) = &vr.dump {
-            failures.push(format!(
-                "scheduler error captured:\n  {}",
-                d.key_lines().join("\n  ")
-            ));
-        }
-    }
-    if let Some(c) = &vr.crash_message {
-        failures.push(format!("guest kernel problem:\n{c}"));
-    }
-    if vr.timed_out {
-        failures.push("the VM hit its timeout".into());
-    }
-    if vr.exit_code != 0 && !def.expect_err {
-        failures.push(format!("guest test exited with {}", vr.exit_code));
-    }
+    let vr = crate::runner::run(&env, &req).unwrap_or_else(|e| panic!("{e}"));
+    let mut failures = crate::runner::judge(&vr, def.expect_err, def.expect_scx_bpf_error_contains);
     if let Some(post) = def.post_vm
         && let Err(e) = post(&vr)
     {
         failures.push(format!("post_vm: {e:#}"));
     }
     if !failures.is_empty() {
-        panic!("{}", summary(def, &vr, &failures.join("; ")));
+        panic!("{}", summary(def.name, &vr, &failures.join("; ")));
     }
 }
 
