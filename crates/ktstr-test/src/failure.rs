@@ -114,6 +114,9 @@ impl FailureCapture {
                     if kind >= SCX_EXIT_ERROR {
                         let mut d = capture(&k, f.regs(), PROVENANCE_WATCHPOINT, cpu);
                         if let Some(p) = &vmcore {
+                            if let Some(dir) = p.parent() {
+                                let _ = std::fs::create_dir_all(dir);
+                            }
                             match crate::vmcore_dump::write_frozen_vmcore(f, &k, p) {
                                 Ok(_) => d.vmcore = Some(p.clone()),
                                 Err(e) => tracing::warn!(error = %e, "vmcore at failure"),

@@ -10,6 +10,43 @@ use ktstr_wire::RunSpec;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Bounds how many vCPUs this process runs at once to the host's CPU
+/// count (a VM bigger than the host still runs, alone), so concurrent
+/// tests do not starve each other's guests of host time.
+struct VcpuBudget {
+    used: std::sync::Mutex<u32>,
+    cv: std::sync::Condvar,
+}
+
+static BUDGET: VcpuBudget = VcpuBudget {
+    used: std::sync::Mutex::new(0),
+    cv: std::sync::Condvar::new(),
+};
+
+/// A reservation of host CPUs for one VM; released on drop.
+pub struct VcpuSlot(u32);
+
+impl VcpuSlot {
+    pub fn acquire(vcpus: u32) -> Self {
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let need = vcpus.clamp(1, host.max(1));
+        let mut used = BUDGET.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + need > host && *used > 0 {
+            used = BUDGET.cv.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += need;
+        Self(need)
+    }
+}
+
+impl Drop for VcpuSlot {
+    fn drop(&mut self) {
+        let mut used = BUDGET.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used = used.saturating_sub(self.0);
+        BUDGET.cv.notify_all();
+    }
+}
+
 /// What a VM test needs.
 #[derive(Debug, Clone)]
 pub struct VmEnv {
@@ -99,6 +136,7 @@ impl VmEnv {
             .write_cached(&self.initramfs_dir())
             .map_err(|e| e.to_string())?;
         let spec = self.spec(path, topology, memory_mb, timeout);
+        let _slot = VcpuSlot::acquire(topology.nr_cpus());
         let vm = RunningVm::boot(&spec).map_err(|e| e.to_string())?;
         let r = session::run(&vm, run, on_ops);
         Ok((r, vm))
@@ -120,6 +158,7 @@ impl VmEnv {
             .write_cached(&self.initramfs_dir())
             .map_err(|e| e.to_string())?;
         let spec = self.spec(path, topology, memory_mb, timeout);
+        let _slot = VcpuSlot::acquire(topology.nr_cpus());
         let vm = RunningVm::boot(&spec).map_err(|e| e.to_string())?;
         let r = session::run_with_hooks(&vm, run, on_ops, on_lifecycle);
         Ok((r, vm))
