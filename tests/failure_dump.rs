@@ -7,7 +7,6 @@ use anyhow::Result;
 use ktstr::assert::AssertResult;
 use ktstr::ktstr_test;
 use ktstr::prelude::*;
-use std::time::Duration;
 
 const QMAP: Scheduler = Scheduler::named("scx_qmap");
 
@@ -117,16 +116,9 @@ fn unexpected_scheduler_error_points_at_the_dump() {
         duration_s: 3,
         ..ktstr::test_support::TestDef::DEFAULT
     };
-    if std::env::var(ktstr::test_support::GUEST_TEST_ENV).is_ok() {
-        ktstr::test_support::run_test(&def);
+    let Some(msg) = ktstr_test::vmtest::expect_test_failure(&def) else {
         return;
-    }
-    if ktstr_test::vmtest::vm_env(None).is_none() {
-        return;
-    }
-    let err =
-        std::panic::catch_unwind(|| ktstr::test_support::run_test(&def)).expect_err("must fail");
-    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    };
     for want in [
         "scheduler error captured",
         "exit kind: SCX_EXIT_ERROR_BPF",
@@ -135,5 +127,4 @@ fn unexpected_scheduler_error_points_at_the_dump() {
     ] {
         assert!(msg.contains(want), "summary lacks {want:?}:\n{msg}");
     }
-    let _ = Duration::ZERO;
 }

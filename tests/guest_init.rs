@@ -18,6 +18,26 @@ fn with_scheduler(env: &VmEnv, name: &str) -> Initramfs {
     i
 }
 
+/// Boot `init` on `cpus` vCPUs (256 MiB, `secs` limit) and run one session.
+fn session(
+    env: &VmEnv,
+    init: &Initramfs,
+    cpus: u32,
+    secs: u64,
+    run: &ktstr_wire::RunSpec,
+) -> ktstr_test::session::SessionResult {
+    env.run(
+        init,
+        Topology::flat(cpus),
+        256,
+        Duration::from_secs(secs),
+        run,
+        &mut no_ops(),
+    )
+    .unwrap()
+    .0
+}
+
 fn sched(path: &str, args: &[&str], attach_ms: u64) -> Option<SchedSpec> {
     Some(SchedSpec {
         path: path.into(),
@@ -39,16 +59,7 @@ fn scx_simple_attaches_and_payload_sees_it() {
         "0".into(),
         "payload-ran".into(),
     ];
-    let (r, _vm) = env
-        .run(
-            &with_scheduler(&env, "scx_simple"),
-            Topology::flat(2),
-            256,
-            Duration::from_secs(90),
-            &run,
-            &mut no_ops(),
-        )
-        .unwrap();
+    let r = session(&env, &with_scheduler(&env, "scx_simple"), 2, 90, &run);
     assert_eq!(r.phase(&Phase::SchedulerAttached), Some("simple"), "{r:?}");
     assert_eq!(r.exit_code, Some(0));
     assert!(r.stdout_text().contains("payload-ran"));
@@ -66,16 +77,7 @@ fn scheduler_that_exits_at_once_is_reported_dead_with_its_log() {
     let Some(env) = vm_env(None) else { return };
     let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
     run.scheduler = sched("/init", &["sched-die"], 10_000);
-    let (r, _vm) = env
-        .run(
-            &Initramfs::base(),
-            Topology::flat(1),
-            256,
-            Duration::from_secs(60),
-            &run,
-            &mut no_ops(),
-        )
-        .unwrap();
+    let r = session(&env, &Initramfs::base(), 1, 60, &run);
     let d = r
         .phase(&Phase::SchedulerDied)
         .unwrap_or_else(|| panic!("no died report: {r:?}"));
@@ -93,16 +95,7 @@ fn scheduler_that_never_attaches_times_out() {
     let Some(env) = vm_env(None) else { return };
     let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
     run.scheduler = sched("/init", &["sched-idle"], 2_000);
-    let (r, _vm) = env
-        .run(
-            &Initramfs::base(),
-            Topology::flat(1),
-            256,
-            Duration::from_secs(60),
-            &run,
-            &mut no_ops(),
-        )
-        .unwrap();
+    let r = session(&env, &Initramfs::base(), 1, 60, &run);
     let d = r
         .phase(&Phase::SchedulerNotAttached)
         .unwrap_or_else(|| panic!("{r:?}"));
@@ -117,16 +110,7 @@ fn missing_sched_ext_sysfs_is_named() {
     let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
     run.scheduler = sched("/init", &["sched-idle"], 2_000);
     run.force_no_sched_ext = true;
-    let (r, _vm) = env
-        .run(
-            &Initramfs::base(),
-            Topology::flat(1),
-            256,
-            Duration::from_secs(60),
-            &run,
-            &mut no_ops(),
-        )
-        .unwrap();
+    let r = session(&env, &Initramfs::base(), 1, 60, &run);
     let d = r
         .phase(&Phase::SchedulerNotAttached)
         .unwrap_or_else(|| panic!("{r:?}"));
@@ -142,16 +126,7 @@ fn scheduler_killed_mid_run_is_reported() {
     let Some(env) = vm_env(None) else { return };
     let mut run = helper_run(&["pkill", "scx_simple", "1", "3"], Duration::from_secs(30));
     run.scheduler = sched("/bin/scx_simple", &[], 10_000);
-    let (r, _vm) = env
-        .run(
-            &with_scheduler(&env, "scx_simple"),
-            Topology::flat(2),
-            256,
-            Duration::from_secs(90),
-            &run,
-            &mut no_ops(),
-        )
-        .unwrap();
+    let r = session(&env, &with_scheduler(&env, "scx_simple"), 2, 90, &run);
     assert_eq!(r.phase(&Phase::SchedulerAttached), Some("simple"), "{r:?}");
     let d = r
         .phase(&Phase::SchedulerDied)
@@ -252,16 +227,7 @@ fn scx_qmap_attaches() {
     let Some(env) = vm_env(None) else { return };
     let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
     run.scheduler = sched("/bin/scx_qmap", &[], 10_000);
-    let (r, _vm) = env
-        .run(
-            &with_scheduler(&env, "scx_qmap"),
-            Topology::flat(2),
-            256,
-            Duration::from_secs(90),
-            &run,
-            &mut no_ops(),
-        )
-        .unwrap();
+    let r = session(&env, &with_scheduler(&env, "scx_qmap"), 2, 90, &run);
     assert_eq!(
         r.phase(&Phase::SchedulerAttached),
         Some("qmap"),

@@ -124,20 +124,7 @@ fn freeze_and_introspect_a_running_guest() {
     let image = std::sync::Arc::new(
         ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
     );
-    let path = Initramfs::base()
-        .write_cached(&env.initramfs_dir())
-        .unwrap();
-    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(120));
-    let vm = ktstr_vmm::RunningVm::boot(&spec).unwrap();
-    let run = helper_run(&["spin", "20"], Duration::from_secs(60));
-    std::thread::scope(|s| {
-        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
-        // Wait until the payload runs (guest-init starts it right after Hello).
-        assert!(
-            vm.console()
-                .wait_for("Run /init as init process", Duration::from_secs(30))
-        );
-        std::thread::sleep(Duration::from_secs(3));
+    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
         let f = vm.freeze(Duration::from_secs(5)).unwrap();
         assert_eq!(f.regs().len(), 2);
         let k =
@@ -151,9 +138,6 @@ fn freeze_and_introspect_a_running_guest() {
             "{:?}",
             snap.tasks.iter().map(|t| &t.comm).collect::<Vec<_>>()
         );
-        drop(f);
-        let r = session.join().unwrap();
-        assert_eq!(r.exit_code, Some(0), "{r:?}");
     });
 }
 
@@ -168,19 +152,7 @@ fn thousand_freezes_keep_guest_time() {
         ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
     );
     let btf_nr = image.btf().field("rq", "nr_running").unwrap().offset;
-    let path = Initramfs::base()
-        .write_cached(&env.initramfs_dir())
-        .unwrap();
-    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(300));
-    let vm = ktstr_vmm::RunningVm::boot(&spec).unwrap();
-    let run = helper_run(&["spin", "600"], Duration::from_secs(900));
-    std::thread::scope(|s| {
-        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
-        assert!(
-            vm.console()
-                .wait_for("Run /init as init process", Duration::from_secs(60))
-        );
-        std::thread::sleep(Duration::from_secs(3));
+    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
         let mut params = None;
         let mut last: Option<(u64, std::time::Instant)> = None;
         let (mut ran_total_ms, mut jiffies_total) = (0i64, 0u64);
@@ -246,8 +218,6 @@ fn thousand_freezes_keep_guest_time() {
             "1000 freezes: median {:?}, p99 {:?}",
             latencies[500], latencies[990]
         );
-        vm.kill();
-        let _ = session.join();
     });
 }
 
@@ -260,19 +230,7 @@ fn watchpoint_catches_the_write_of_jiffies() {
     let image = std::sync::Arc::new(
         ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
     );
-    let path = Initramfs::base()
-        .write_cached(&env.initramfs_dir())
-        .unwrap();
-    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(120));
-    let vm = ktstr_vmm::RunningVm::boot(&spec).unwrap();
-    let run = helper_run(&["spin", "60"], Duration::from_secs(120));
-    std::thread::scope(|s| {
-        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
-        assert!(
-            vm.console()
-                .wait_for("Run /init as init process", Duration::from_secs(60))
-        );
-        std::thread::sleep(Duration::from_secs(2));
+    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
         let (params, jiffies_kva, before) = {
             let f = vm.freeze(Duration::from_secs(10)).unwrap();
             let k = ktstr_test::cold::frozen_kernel(&f, &image, None).unwrap();
@@ -346,7 +304,5 @@ fn watchpoint_catches_the_write_of_jiffies() {
         );
         assert!(k.read_u64(jiffies_kva).unwrap() >= h[4].0);
         drop(f);
-        vm.kill();
-        let _ = session.join();
     });
 }

@@ -394,18 +394,7 @@ pub fn discover_params(
             errors.push("CPU state has neither MSR_LSTAR nor IDTR".into());
         }
         if let Some(slide) = slide {
-            let text = link("_text")?;
-            let runtime = text.wrapping_add(slide);
-            let pa = walk_page_tables(mem, cr3, la57, runtime)?;
-            let mut p = TranslationParams {
-                kaslr_offset: slide,
-                phys_base: pa.wrapping_sub(runtime.wrapping_sub(START_KERNEL_MAP)),
-                cr3,
-                la57,
-                ..Default::default()
-            };
-            finish_params(mem, image, &mut p)?;
-            return Ok((p, source));
+            return Ok((params_from_slide(mem, image, c, slide)?, source));
         }
     }
 

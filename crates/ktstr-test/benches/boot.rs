@@ -11,7 +11,7 @@
 //! Run: `cargo bench -p ktstr-test --bench boot`.
 
 use ktstr_test::initramfs::Initramfs;
-use ktstr_test::vmtest::{helper_run, no_ops, vm_env};
+use ktstr_test::vmtest::vm_env;
 use ktstr_vmm::qemu::cmdline::BASE_CMDLINE;
 use ktstr_vmm::{RunningVm, Topology};
 use ktstr_wire::{GuestMsg, read_msg};
@@ -133,14 +133,7 @@ fn main() {
     }
 
     // Freeze + thaw latency while the guest spins on both vCPUs.
-    let spec = env.spec(base, Topology::flat(2), 256, Duration::from_secs(120));
-    let vm = RunningVm::boot(&spec).expect("boot");
-    let run = helper_run(&["spin", "60"], Duration::from_secs(90));
-    std::thread::scope(|s| {
-        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
-        vm.console()
-            .wait_for("Run /init as init process", Duration::from_secs(60));
-        std::thread::sleep(Duration::from_secs(2));
+    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
         let mut lat = Vec::new();
         for _ in 0..1000 {
             let t = Instant::now();
@@ -154,7 +147,5 @@ fn main() {
             ms(m),
             ms(p99)
         );
-        vm.kill();
-        let _ = session.join();
     });
 }

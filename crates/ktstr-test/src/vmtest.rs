@@ -132,14 +132,15 @@ impl VmEnv {
         run: &RunSpec,
         on_ops: &mut OpHandler<'_>,
     ) -> Result<(SessionResult, RunningVm), String> {
-        let path = initramfs
-            .write_cached(&self.initramfs_dir())
-            .map_err(|e| e.to_string())?;
-        let spec = self.spec(path, topology, memory_mb, timeout);
-        let _slot = VcpuSlot::acquire(topology.nr_cpus());
-        let vm = RunningVm::boot(&spec).map_err(|e| e.to_string())?;
-        let r = session::run(&vm, run, on_ops);
-        Ok((r, vm))
+        self.run_with_hooks(
+            initramfs,
+            topology,
+            memory_mb,
+            timeout,
+            run,
+            on_ops,
+            &mut |_, _, _, _| {},
+        )
     }
 
     /// Like [`VmEnv::run`], with a lifecycle hook.
@@ -198,6 +199,53 @@ pub fn helper_run(args: &[&str], timeout: Duration) -> RunSpec {
         payload_timeout_ms: timeout.as_millis() as u64,
         ..Default::default()
     }
+}
+
+/// Run a test definition that must fail; returns its failure message
+/// (None when no VM can boot here and the test was skipped). In the guest
+/// it runs the body like any test.
+pub fn expect_test_failure(def: &crate::test_support::TestDef) -> Option<String> {
+    if std::env::var(crate::test_support::GUEST_TEST_ENV).is_ok() {
+        crate::test_support::run_test(def);
+        return None;
+    }
+    vm_env(def.kernel)?;
+    let err = std::panic::catch_unwind(|| crate::test_support::run_test(def))
+        .expect_err("the test was expected to fail");
+    Some(
+        err.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default(),
+    )
+}
+
+/// Boot the base initramfs on `cpus` vCPUs with a payload spinning on
+/// every CPU, wait until it runs, call `f` with the running VM, then kill
+/// the VM. For tests and benchmarks of freezing, introspection and
+/// watchpoints on a busy guest.
+pub fn with_spinning_guest(env: &VmEnv, cpus: u32, f: impl FnOnce(&RunningVm)) {
+    let path = Initramfs::base()
+        .write_cached(&env.initramfs_dir())
+        .expect("initramfs");
+    let spec = env.spec(path, Topology::flat(cpus), 256, Duration::from_secs(600));
+    let _slot = VcpuSlot::acquire(cpus);
+    let vm = RunningVm::boot(&spec).expect("boot");
+    let run = helper_run(&["spin", "590"], Duration::from_secs(600));
+    std::thread::scope(|s| {
+        let session = s.spawn(|| session::run(&vm, &run, &mut no_ops()));
+        assert!(
+            vm.console()
+                .wait_for("Run /init as init process", Duration::from_secs(60)),
+            "guest did not reach init:\n{}",
+            vm.console().tail(30)
+        );
+        // guest-init says Hello, gets its RunSpec and starts spinning.
+        std::thread::sleep(Duration::from_secs(2));
+        f(&vm);
+        vm.kill();
+        let _ = session.join();
+    });
 }
 
 /// An op handler for sessions that send no kernel ops.

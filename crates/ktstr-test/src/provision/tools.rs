@@ -154,10 +154,15 @@ pub fn missing(wanted: &[Tool]) -> Vec<Tool> {
 
 /// The apt-get command line that installs `tools`' packages.
 pub fn install_command(tools: &[Tool]) -> String {
+    format!("sudo apt-get install -y {}", packages(tools).join(" "))
+}
+
+/// The distinct packages providing `tools`, sorted.
+fn packages(tools: &[Tool]) -> Vec<&'static str> {
     let mut pkgs: Vec<&str> = tools.iter().map(|t| t.package).collect();
     pkgs.sort_unstable();
     pkgs.dedup();
-    format!("sudo apt-get install -y {}", pkgs.join(" "))
+    pkgs
 }
 
 /// Make sure `wanted` is present: install the missing packages as root,
@@ -174,9 +179,7 @@ pub fn ensure(wanted: &[Tool], log: &Path) -> Result<(), ProvisionError> {
             command,
         });
     }
-    let mut pkgs: Vec<&str> = miss.iter().map(|t| t.package).collect();
-    pkgs.sort_unstable();
-    pkgs.dedup();
+    let pkgs = packages(&miss);
     let mut c = Command::new("apt-get");
     c.env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q"])
