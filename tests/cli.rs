@@ -9,7 +9,10 @@ fn ktstr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ktstr"))
 }
 
+/// Runs `ktstr`; VMs it boots count against this process's vCPU budget
+/// (4 vCPUs by default), so concurrent tests do not skew each other.
 fn out(c: &mut Command) -> (bool, String) {
+    let _slot = ktstr_test::vmtest::VcpuSlot::acquire(4);
     let o = c.output().expect("run ktstr");
     let text = format!(
         "{}{}",

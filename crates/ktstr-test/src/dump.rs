@@ -16,6 +16,8 @@ pub const SCX_EXIT_ERROR: u32 = 1024;
 /// How the state was captured.
 pub const PROVENANCE_WATCHPOINT: &str =
     "watchpoint: frozen at the exit_kind write, before teardown";
+pub const PROVENANCE_SAMPLED: &str =
+    "sampled: exit_kind seen by lock-free sampling, frozen within ~20 ms (watchpoint unavailable)";
 pub const PROVENANCE_AFTER_TEARDOWN: &str =
     "after teardown: frozen when the scheduler's death was reported";
 

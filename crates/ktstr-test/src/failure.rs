@@ -3,12 +3,15 @@
 //! `(*scx_root)->exit_kind`; 6.12: the `scx_exit_kind` global) and put a
 //! write watchpoint on it. When the guest writes an error kind, the VM is
 //! frozen before teardown and a [`FailureDump`] is captured. If the
-//! watchpoint cannot be armed, the dump is taken when guest-init reports
-//! the scheduler's death instead (and says so in its provenance).
+//! watchpoint cannot be armed, a thread samples the exit kind from guest
+//! RAM without stopping the guest and the session freezes on its signal;
+//! failing that, the dump is taken when guest-init reports the
+//! scheduler's death (each path says so in the dump's provenance).
 
 use crate::cold::frozen_kernel;
 use crate::dump::{
-    FailureDump, PROVENANCE_AFTER_TEARDOWN, PROVENANCE_WATCHPOINT, SCX_EXIT_ERROR, capture,
+    FailureDump, PROVENANCE_AFTER_TEARDOWN, PROVENANCE_SAMPLED, PROVENANCE_WATCHPOINT,
+    SCX_EXIT_ERROR, capture,
 };
 use ktstr_introspect::image::KernelImage;
 use ktstr_introspect::kernel::{KaslrSource, Kernel};
@@ -47,6 +50,14 @@ pub struct FailureCapture {
     vmcore: Option<PathBuf>,
     /// Why the watchpoint could not be armed, if it could not.
     pub arm_error: Option<String>,
+    sampled: Arc<Sampler>,
+}
+
+/// Shared state of the lock-free exit-kind sampler.
+#[derive(Default)]
+struct Sampler {
+    stop: std::sync::atomic::AtomicBool,
+    hit: std::sync::atomic::AtomicBool,
 }
 
 impl FailureCapture {
@@ -57,6 +68,7 @@ impl FailureCapture {
             watch: None,
             vmcore,
             arm_error: None,
+            sampled: Arc::default(),
         }
     }
 
@@ -65,8 +77,11 @@ impl FailureCapture {
         match phase {
             Phase::SchedulerAttached => {
                 if let Err(e) = self.arm(vm, hello) {
-                    tracing::warn!(error = %e, "cannot watch the scheduler's exit kind; falling back to a dump after teardown");
+                    tracing::warn!(error = %e, "cannot watch the scheduler's exit kind; sampling it instead");
                     self.arm_error = Some(e);
+                    if let Err(e) = self.start_sampling(vm, hello) {
+                        tracing::warn!(error = %e, "cannot sample the exit kind either; a dump after teardown remains");
+                    }
                 }
             }
             Phase::SchedulerDied
@@ -133,6 +148,58 @@ impl FailureCapture {
         Ok(())
     }
 
+    /// Fallback: read the exit kind every 20 ms from guest RAM without
+    /// stopping the guest (lock-free), and freeze once it shows an error.
+    fn start_sampling(&mut self, vm: &RunningVm, hello: Option<&Hello>) -> Result<(), String> {
+        let (params, addr) = {
+            let f = vm
+                .freeze(Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            let k = frozen_kernel(&f, &self.image, hello)?;
+            (*k.params(), exit_kind_kva(&k)?)
+        };
+        let mem = vm.memory();
+        let image = self.image.clone();
+        let flag = self.sampled.clone();
+        std::thread::Builder::new()
+            .name("ktstr-exit-sampler".into())
+            .spawn(move || {
+                let k = Kernel::new(mem, image, params, KaslrSource::Given);
+                while !flag.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if k.read_u32(addr).is_ok_and(|v| v >= SCX_EXIT_ERROR) {
+                        flag.hit.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Poll the sampler (call from the session loop's thread): if it saw an
+    /// error, freeze and capture now.
+    pub fn poll(&mut self, vm: &RunningVm, hello: Option<&Hello>) {
+        if self
+            .sampled
+            .hit
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+            && self
+                .captured
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+        {
+            let Ok(f) = vm.freeze(Duration::from_secs(10)) else {
+                return;
+            };
+            if let Ok(k) = frozen_kernel(&f, &self.image, hello) {
+                let d = capture(&k, f.regs(), PROVENANCE_SAMPLED, None);
+                *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+            }
+        }
+    }
+
     fn capture_after_teardown(&mut self, vm: &RunningVm, hello: Option<&Hello>) {
         let Ok(f) = vm.freeze(Duration::from_secs(10)) else {
             return;
@@ -145,6 +212,9 @@ impl FailureCapture {
 
     /// The captured dump, if the scheduler failed.
     pub fn take(&mut self) -> Option<FailureDump> {
+        self.sampled
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(w) = self.watch.take() {
             let _ = w.stop();
         }

@@ -1,11 +1,13 @@
 //! Write watchpoints: QEMU's gdbstub stops the guest when a vCPU writes
 //! the watched address; a watcher thread captures registers, runs the
 //! callback with a frozen guard, then resumes (or removes the watch).
-//! Stops the watcher did not cause (QMP freezes) are ignored.
+//! While a watch is active the watcher owns the gdbstub, and freezes are
+//! served through it (interrupt, then continue) rather than through QMP,
+//! so the stub and QEMU never disagree about whether the guest runs.
 
 use crate::VmError;
 use crate::qemu::gdb::{Gdb, GdbError};
-use crate::qemu::{QemuVm, capture_regs};
+use crate::qemu::{DebugCmd, QemuVm, capture_regs};
 use crate::vm::Frozen;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,9 +39,9 @@ impl Watch {
         len: u64,
         mut cb: WatchCallback,
     ) -> Result<Self, VmError> {
-        let (qmp, ram, gate, nr_cpus) = q.watch_parts();
+        let (qmp, ram, gate, debug, nr_cpus) = q.watch_parts();
         let path = q.gdb_socket();
-        // Hold the pause gate while attaching: QEMU pauses on attach.
+        // Hold the pause gate while attaching (QEMU pauses on attach).
         gate.acquire(Duration::from_secs(10))?;
         let setup = (|| {
             let mut g = Gdb::connect(&path, Duration::from_secs(10))?;
@@ -47,50 +49,93 @@ impl Watch {
             g.cont()?;
             Ok::<_, GdbError>(g)
         })();
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<DebugCmd>();
+        if setup.is_ok() {
+            *debug.lock().unwrap_or_else(|e| e.into_inner()) = Some(cmd_tx);
+        }
         gate.release();
         let mut g = setup.map_err(|e| VmError::Engine(format!("watchpoint at {gva:#x}: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicU64::new(0));
         let (stop2, hits2) = (stop.clone(), hits.clone());
+        let debug2 = debug.clone();
         let thread = std::thread::Builder::new()
             .name("ktstr-watch".into())
             .spawn(move || {
+                let unregister = || *debug2.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // A pause requested by a freezer: stop the guest through the
+                // stub, report, wait for the resume. A watch hit that races
+                // the interrupt is remembered and handled afterwards.
+                let mut pending_hit: Option<Option<u32>> = None;
+                let serve_pause = |g: &mut Gdb,
+                                   reply: std::sync::mpsc::SyncSender<Result<(), String>>,
+                                   already_stopped: bool,
+                                   pending: &mut Option<Option<u32>>|
+                 -> Result<(), GdbError> {
+                    if !already_stopped {
+                        g.interrupt()?;
+                        let s = g.wait_stop(Duration::from_secs(10))?;
+                        if s.watch.is_some() {
+                            *pending = Some(s.thread.map(|t| t.saturating_sub(1)));
+                        }
+                    }
+                    let _ = reply.send(Ok(()));
+                    // Wait for the freezer to finish (bounded).
+                    let _ = cmd_rx.recv_timeout(Duration::from_secs(600));
+                    if !already_stopped && pending.is_none() {
+                        g.cont()?;
+                    }
+                    Ok(())
+                };
                 loop {
                     if stop2.load(Ordering::SeqCst) {
-                        // Stop the guest to talk to the stub, clean up, detach.
-                        gate.acquire(Duration::from_secs(10)).ok();
+                        unregister();
                         let _ = g.interrupt();
                         let _ = g.wait_stop(Duration::from_secs(5));
                         let _ = g.remove_write_watch(gva, len);
-                        let r = g.detach();
-                        gate.release();
-                        return r;
+                        return g.detach();
                     }
-                    let s = match g.wait_stop(Duration::from_millis(100)) {
-                        Ok(s) => s,
-                        Err(GdbError::Timeout) => continue,
-                        Err(e) => return Err(e),
+                    while let Ok(cmd) = cmd_rx.try_recv() {
+                        if let DebugCmd::Pause(reply) = cmd {
+                            serve_pause(&mut g, reply, false, &mut pending_hit)?;
+                        }
+                    }
+                    let hit_cpu = match pending_hit.take() {
+                        Some(cpu) => cpu,
+                        None => match g.wait_stop(Duration::from_millis(50)) {
+                            Ok(s) if s.watch.is_some() => s.thread.map(|t| t.saturating_sub(1)),
+                            // Nobody else stops the guest while we own the stub.
+                            Ok(_) => {
+                                g.cont()?;
+                                continue;
+                            }
+                            Err(GdbError::Timeout) => continue,
+                            Err(e) => {
+                                unregister();
+                                return Err(e);
+                            }
+                        },
                     };
-                    if s.watch.is_none() {
-                        // A QMP freeze paused the guest and the stub reported
-                        // it. Once that freeze has resumed the guest, tell the
-                        // stub to continue too, or it stops reporting hits.
-                        let _ = gate.acquire(Duration::from_secs(60));
-                        let r = g.cont();
-                        gate.release();
-                        r?;
-                        continue;
-                    }
                     hits2.fetch_add(1, Ordering::SeqCst);
-                    let _ = gate.acquire(Duration::from_secs(30));
+                    // The guest is stopped at the write. Take the gate; serve
+                    // freezers that hold it meanwhile (the guest is stopped).
+                    while !gate.try_acquire() {
+                        if let Ok(DebugCmd::Pause(reply)) =
+                            cmd_rx.recv_timeout(Duration::from_millis(5))
+                        {
+                            let mut none = None;
+                            serve_pause(&mut g, reply, true, &mut none)?;
+                        }
+                    }
                     let regs =
                         capture_regs(&qmp, Duration::from_secs(10), nr_cpus).unwrap_or_default();
                     let f = Frozen::borrowed(regs, ram.clone());
-                    let action = cb(&f, s.thread.map(|t| t.saturating_sub(1)));
+                    let action = cb(&f, hit_cpu);
                     drop(f);
                     let r = match action {
                         WatchAction::Continue => g.cont(),
                         WatchAction::Remove => {
+                            unregister();
                             g.remove_write_watch(gva, len).and_then(|_| g.detach())
                         }
                     };

@@ -58,6 +58,17 @@ impl PauseGate {
         Ok(())
     }
 
+    /// Take the gate if it is free.
+    pub(crate) fn try_acquire(&self) -> bool {
+        let mut g = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if *g {
+            false
+        } else {
+            *g = true;
+            true
+        }
+    }
+
     pub(crate) fn release(&self) {
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
         self.cv.notify_all();
@@ -139,8 +150,22 @@ pub struct QemuVm {
     deadline: Instant,
     threads: Vec<std::thread::JoinHandle<()>>,
     gate: Arc<PauseGate>,
+    /// While a watchpoint session owns the gdbstub, pauses go through it.
+    debug: DebugLink,
+    paused_via_debug: Mutex<bool>,
     nr_cpus: u32,
 }
+
+/// Requests from freezers to the watcher that owns the gdbstub.
+pub(crate) enum DebugCmd {
+    /// Stop the guest; answer when it is stopped.
+    Pause(std::sync::mpsc::SyncSender<Result<(), String>>),
+    /// Resume it.
+    Resume,
+}
+
+/// The channel to the active watcher, if any.
+pub(crate) type DebugLink = Arc<Mutex<Option<std::sync::mpsc::Sender<DebugCmd>>>>;
 
 /// A private temporary directory removed on drop.
 mod tempdir {
@@ -322,6 +347,8 @@ impl QemuVm {
             deadline: Instant::now() + spec.timeout,
             threads,
             gate: Arc::new(PauseGate::default()),
+            debug: Arc::default(),
+            paused_via_debug: Mutex::new(false),
             nr_cpus: spec.topology.nr_cpus(),
         })
     }
@@ -360,6 +387,35 @@ impl QemuVm {
     /// watchpoint hit) is in progress.
     pub fn stop(&self, timeout: Duration) -> Result<Vec<CpuRegs>, VmError> {
         self.gate.acquire(timeout)?;
+        // With a watch active, the watcher owns the gdbstub: ask it, so QMP
+        // and the stub never disagree about whether the guest runs.
+        let tx = self.debug.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tx) = tx {
+            let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+            if tx.send(DebugCmd::Pause(rtx)).is_ok() {
+                match rrx.recv_timeout(timeout) {
+                    Ok(Ok(())) => {
+                        *self
+                            .paused_via_debug
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = true;
+                        return capture_regs(&self.qmp, timeout, self.nr_cpus).inspect_err(|_| {
+                            let _ = self.cont();
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        self.gate.release();
+                        return Err(VmError::Engine(format!("pause through the gdbstub: {e}")));
+                    }
+                    Err(_) => {
+                        self.gate.release();
+                        return Err(VmError::Engine(
+                            "the watcher did not pause the guest in time".into(),
+                        ));
+                    }
+                }
+            }
+        }
         match stop_and_capture(&self.qmp, timeout, self.nr_cpus) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -372,21 +428,40 @@ impl QemuVm {
 
     /// Resume after [`QemuVm::stop`].
     pub fn cont(&self) -> Result<(), VmError> {
-        let r = self
-            .qmp
-            .execute("cont", None, Duration::from_secs(10))
-            .map(|_| ())
-            .map_err(|e| VmError::Engine(e.to_string()));
+        let via_debug = std::mem::take(
+            &mut *self
+                .paused_via_debug
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let r = if via_debug {
+            let tx = self.debug.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match tx.map(|t| t.send(DebugCmd::Resume)) {
+                Some(Ok(())) => Ok(()),
+                // The watcher is gone (it detached, which resumes the guest).
+                _ => self
+                    .qmp
+                    .execute("cont", None, Duration::from_secs(10))
+                    .map(|_| ())
+                    .map_err(|e| VmError::Engine(e.to_string())),
+            }
+        } else {
+            self.qmp
+                .execute("cont", None, Duration::from_secs(10))
+                .map(|_| ())
+                .map_err(|e| VmError::Engine(e.to_string()))
+        };
         self.gate.release();
         r
     }
 
     /// Parts a watchpoint thread needs.
-    pub(crate) fn watch_parts(&self) -> (Arc<Qmp>, Arc<GuestRam>, Arc<PauseGate>, u32) {
+    pub(crate) fn watch_parts(&self) -> (Arc<Qmp>, Arc<GuestRam>, Arc<PauseGate>, DebugLink, u32) {
         (
             self.qmp.clone(),
             self.ram.clone(),
             self.gate.clone(),
+            self.debug.clone(),
             self.nr_cpus,
         )
     }
