@@ -137,3 +137,19 @@ fn failing_check_prints_a_summary() {
         assert!(msg.contains(want), "summary lacks {want:?}:\n{msg}");
     }
 }
+
+/// Wake chains through pipes and through futexes both make progress.
+#[ktstr_test(cores = 2, duration_s = 2)]
+fn wake_chains_make_progress(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![
+            CgroupDef::named("pipes")
+                .workers(2)
+                .work_type(WorkType::PipeIo),
+            CgroupDef::named("futexes")
+                .workers(2)
+                .work_type(WorkType::FutexPingPong),
+        ],
+    )
+}

@@ -306,3 +306,29 @@ fn watchpoint_catches_the_write_of_jiffies() {
         drop(f);
     });
 }
+
+/// QEMU failing to start (here: a "kernel" that is not one) is a clear
+/// error carrying QEMU's own words, and leaves no process behind.
+#[test]
+fn qemu_failing_to_start_is_a_clear_error() {
+    let Some(env) = vm_env(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("not-a-kernel");
+    std::fs::write(&bogus, vec![0x55u8; 8192]).unwrap();
+    let path = Initramfs::base()
+        .write_cached(&env.initramfs_dir())
+        .unwrap();
+    let mut spec = env.spec(path, Topology::flat(1), 256, Duration::from_secs(30));
+    spec.kernel = bogus;
+    let text = match ktstr_vmm::RunningVm::boot(&spec) {
+        Err(e) => e.to_string(),
+        Ok(vm) => match vm.wait() {
+            VmExit::EngineError(e) => e,
+            other => panic!("expected an engine error, got {other:?}"),
+        },
+    };
+    assert!(
+        text.contains("QEMU") && text.to_lowercase().contains("kernel"),
+        "{text}"
+    );
+}

@@ -205,6 +205,57 @@ fn ping_pong(m: &mut Meter, stop: &Arc<AtomicBool>) {
     let _ = peer.join();
 }
 
+fn futex(word: &std::sync::atomic::AtomicU32, op: i32, val: u32) {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    // SAFETY: `word` is a live, aligned u32 for the duration of the call;
+    // the timeout bounds FUTEX_WAIT so a stop is always noticed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            &ts as *const libc::timespec,
+            0,
+            0,
+        )
+    };
+}
+
+/// Two threads handing a token back and forth through a futex word: a
+/// wake chain of two tasks (wake latency measured per round trip).
+fn futex_ping_pong(m: &mut Meter, stop: &Arc<AtomicBool>) {
+    use std::sync::atomic::AtomicU32;
+    let word = Arc::new(AtomicU32::new(0));
+    let (w2, s2) = (word.clone(), stop.clone());
+    let peer = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            if w2.load(Ordering::Acquire) == 1 {
+                w2.store(0, Ordering::Release);
+                futex(&w2, libc::FUTEX_WAKE, 1);
+            } else {
+                futex(&w2, libc::FUTEX_WAIT, 0);
+            }
+        }
+    });
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        word.store(1, Ordering::Release);
+        futex(&word, libc::FUTEX_WAKE, 1);
+        while word.load(Ordering::Acquire) == 1 && !stop.load(Ordering::Relaxed) {
+            futex(&word, libc::FUTEX_WAIT, 1);
+        }
+        if m.lat.len() < 100_000 {
+            m.lat.push(t.elapsed().as_nanos() as u64);
+        }
+        m.tick();
+    }
+    let _ = peer.join();
+}
+
 /// Run a worker; returns the exit code.
 pub fn run(hex: &str) -> i32 {
     let spec: WorkerSpec = match from_hex(hex) {
@@ -250,7 +301,8 @@ pub fn run(hex: &str) -> i32 {
                 spin_for(*burst, &mut m, &stop);
                 m.sleep(*idle, &stop);
             }
-            WorkType::PipeIo | WorkType::FutexPingPong => ping_pong(&mut m, &stop),
+            WorkType::PipeIo => ping_pong(&mut m, &stop),
+            WorkType::FutexPingPong => futex_ping_pong(&mut m, &stop),
             WorkType::Sequence { first, rest } => {
                 phase(first, &mut m, &stop);
                 for p in rest {

@@ -11,9 +11,14 @@
 use crate::cold::frozen_kernel;
 use crate::dump::{
     FailureDump, PROVENANCE_AFTER_TEARDOWN, PROVENANCE_SAMPLED, PROVENANCE_WATCHPOINT,
-    SCX_EXIT_ERROR, capture,
+    PROVENANCE_WATCHPOINT_DONE, SCX_EXIT_ERROR, capture,
 };
 use ktstr_introspect::image::KernelImage;
+
+/// `SCX_EXIT_UNREG`: the first of the unregistration exit kinds.
+const SCX_EXIT_UNREG: u32 = 64;
+/// `SCX_EXIT_DONE`: the disable work has claimed the exit.
+const SCX_EXIT_DONE: u32 = 1;
 use ktstr_introspect::kernel::{KaslrSource, Kernel};
 use ktstr_introspect::mem::PhysMem;
 use ktstr_introspect::offsets::Offsets;
@@ -126,8 +131,20 @@ impl FailureCapture {
                 Box::new(move |f, cpu| {
                     let k = Kernel::new(f.mem_arc(), image.clone(), params, KaslrSource::Given);
                     let kind = k.read_u32(addr).unwrap_or(0);
-                    if kind >= SCX_EXIT_ERROR {
-                        let mut d = capture(&k, f.regs(), PROVENANCE_WATCHPOINT, cpu);
+                    // The error claim writes the kind; the disable work then
+                    // swaps it for SCX_EXIT_DONE before tearing down. Under
+                    // TCG the claim's write is not always reported (seen for
+                    // watchdog stalls from the tick), so the DONE write, still
+                    // before teardown, is a capture point too.
+                    let done_first = kind == SCX_EXIT_DONE
+                        && captured.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+                    if kind >= SCX_EXIT_ERROR || done_first {
+                        let prov = if done_first {
+                            PROVENANCE_WATCHPOINT_DONE
+                        } else {
+                            PROVENANCE_WATCHPOINT
+                        };
+                        let mut d = capture(&k, f.regs(), prov, cpu);
                         if let Some(p) = &vmcore {
                             if let Some(dir) = p.parent() {
                                 let _ = std::fs::create_dir_all(dir);
@@ -138,9 +155,16 @@ impl FailureCapture {
                             }
                         }
                         *captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+                        return WatchAction::Remove;
                     }
-                    // One exit per scheduler instance: stop watching either way.
-                    WatchAction::Remove
+                    // SCX_EXIT_UNREG* (64..1024): a clean unregistration, the
+                    // scheduler's last exit. Anything lower (e.g. a reset to
+                    // SCX_EXIT_NONE or SCX_EXIT_DONE) is not final: keep watching.
+                    if kind >= SCX_EXIT_UNREG {
+                        WatchAction::Remove
+                    } else {
+                        WatchAction::Continue
+                    }
                 }),
             )
             .map_err(|e| e.to_string())?;
@@ -190,22 +214,29 @@ impl FailureCapture {
                 .unwrap_or_else(|e| e.into_inner())
                 .is_none()
         {
-            let Ok(f) = vm.freeze(Duration::from_secs(10)) else {
-                return;
-            };
-            if let Ok(k) = frozen_kernel(&f, &self.image, hello) {
-                let d = capture(&k, f.regs(), PROVENANCE_SAMPLED, None);
-                *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
-            }
+            self.freeze_and_capture(vm, hello, PROVENANCE_SAMPLED);
         }
     }
 
     fn capture_after_teardown(&mut self, vm: &RunningVm, hello: Option<&Hello>) {
+        self.freeze_and_capture(vm, hello, PROVENANCE_AFTER_TEARDOWN);
+    }
+
+    /// Freeze now and capture (with the vmcore when asked for).
+    fn freeze_and_capture(&mut self, vm: &RunningVm, hello: Option<&Hello>, provenance: &str) {
         let Ok(f) = vm.freeze(Duration::from_secs(10)) else {
             return;
         };
         if let Ok(k) = frozen_kernel(&f, &self.image, hello) {
-            let d = capture(&k, f.regs(), PROVENANCE_AFTER_TEARDOWN, None);
+            let mut d = capture(&k, f.regs(), provenance, None);
+            if let Some(p) = &self.vmcore {
+                if let Some(dir) = p.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                if crate::vmcore_dump::write_frozen_vmcore(&f, &k, p).is_ok() {
+                    d.vmcore = Some(p.clone());
+                }
+            }
             *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
         }
     }

@@ -102,6 +102,12 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
     let dump = fc.take().map(|mut d| {
         d.test = req.name.clone();
         d.exit_reason = crate::dump::exit_lines(&r.console);
+        if d.exit_kind < crate::dump::SCX_EXIT_ERROR
+            && let Some((k, n)) = crate::dump::kind_from_reason(&d.exit_reason)
+        {
+            d.exit_kind = k;
+            d.exit_kind_name = n.to_string();
+        }
         d.console_tail = tail(&r.console, 60);
         d.sched_log_tail = tail(&sched_log, 60);
         if let Err(e) = d.write(&dump_dir) {

@@ -28,9 +28,10 @@ pub enum WorkType {
         burst: std::time::Duration,
         idle: std::time::Duration,
     },
-    /// Wake chains between pairs through a pipe (even/odd worker pairs).
+    /// A wake chain: two tasks (threads of the worker) passing a token
+    /// through a pair of pipes.
     PipeIo,
-    /// The same through a futex-like token passing (pipe-backed here).
+    /// The same token passing through a futex word (FUTEX_WAIT/WAKE).
     FutexPingPong,
     /// Phases in order, then repeat.
     Sequence {
