@@ -24,9 +24,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub sched_args: Option<String>,
     /// Topology N,L,C,T: NUMA nodes, LLCs per node, cores per LLC,
-    /// threads per core.
-    #[arg(long, default_value = "1,1,4,1")]
-    pub topology: Topology,
+    /// threads per core [default: 1,1,C,1 with C = min(4, host CPUs), so a
+    /// run never overcommits the host by default].
+    #[arg(long)]
+    pub topology: Option<Topology>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     pub memory: u32,
@@ -178,10 +179,12 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
         .map(|s| s.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
     let env = VmEnv { cache, kernel };
+    let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let topology = a.topology.unwrap_or(Topology::flat(host.clamp(1, 4)));
     let req = RunRequest {
         name: format!("run-{}", a.scenario),
         scheduler: sched.map(|p| (p, args)),
-        topology: a.topology,
+        topology,
         memory_mb: a.memory,
         duration_s: a.duration.as_secs().max(1),
         watchdog_timeout_s: 30,
@@ -195,7 +198,7 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     eprintln!(
         "ktstr: kernel {} | scheduler {} | topology {} | {} for {:?}",
-        env.kernel.name, a.scheduler, a.topology, a.scenario, a.duration
+        env.kernel.name, a.scheduler, topology, a.scenario, a.duration
     );
     let vr = run(&env, &req).map_err(anyhow::Error::msg)?;
     let report: Option<ScenarioReport> = vr
