@@ -7,11 +7,13 @@
 //! schedulers or tests.
 //!
 //! Engines: `qemu` (QEMU as a child process; TCG on hosts whose KVM
-//! cannot run guest kernel code at speed) and `kvm` (our own microVM; not
-//! built yet). [`engine::select`] picks one from `KTSTR_ENGINE`.
+//! cannot run guest kernel code at speed) and `kvm` (our own microVM on
+//! kvm-ioctls; boots Linux and small ring-3 programs, no byte channel yet).
+//! [`engine::select`] picks one from `KTSTR_ENGINE`.
 
 pub mod console;
 pub mod engine;
+pub mod kvm;
 pub mod probe;
 pub mod qemu;
 pub mod ram;

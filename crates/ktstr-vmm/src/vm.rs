@@ -3,6 +3,7 @@
 use crate::VmError;
 use crate::console::Console;
 use crate::engine::{EngineKind, Selection};
+use crate::kvm::KvmVm;
 use crate::qemu::QemuVm;
 use crate::spec::{VmExit, VmSpec};
 use ktstr_introspect::mem::PhysMem;
@@ -11,9 +12,15 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The engine behind a [`RunningVm`].
+enum Engine {
+    Qemu(QemuVm),
+    Kvm(KvmVm),
+}
+
 /// A booted VM.
 pub struct RunningVm {
-    qemu: QemuVm,
+    engine: Engine,
     selection: Selection,
     booted_at: Instant,
 }
@@ -26,6 +33,16 @@ impl std::fmt::Debug for RunningVm {
     }
 }
 
+/// Call the same method on whichever engine runs.
+macro_rules! dispatch {
+    ($self:expr, $v:ident => $e:expr) => {
+        match &$self.engine {
+            Engine::Qemu($v) => $e,
+            Engine::Kvm($v) => $e,
+        }
+    };
+}
+
 impl RunningVm {
     /// Boot with the engine `KTSTR_ENGINE` selects.
     pub fn boot(spec: &VmSpec) -> Result<Self, VmError> {
@@ -35,17 +52,31 @@ impl RunningVm {
     /// Boot with an explicit engine selection.
     pub fn boot_with(spec: &VmSpec, selection: Selection) -> Result<Self, VmError> {
         tracing::info!(engine = %selection.kind, why = %selection.why, "booting VM");
-        let qemu = match selection.kind {
-            EngineKind::Qemu(accel) => QemuVm::boot(spec, accel)?,
-            EngineKind::Kvm => {
-                return Err(VmError::Unavailable(
-                    "the kvm engine is not built yet".into(),
-                ));
-            }
+        let engine = match selection.kind {
+            EngineKind::Qemu(accel) => Engine::Qemu(QemuVm::boot(spec, accel)?),
+            EngineKind::Kvm => Engine::Kvm(KvmVm::boot(spec)?),
         };
         Ok(Self {
-            qemu,
+            engine,
             selection,
+            booted_at: Instant::now(),
+        })
+    }
+
+    /// Boot a small ring-3 program on the kvm engine (see
+    /// [`crate::kvm::raw`]): the engine's tests and benchmarks on hosts
+    /// whose KVM cannot run a Linux guest at speed.
+    pub fn boot_raw(
+        guest: &crate::kvm::raw::RawGuest,
+        timeout: Duration,
+        console: Console,
+    ) -> Result<Self, VmError> {
+        Ok(Self {
+            engine: Engine::Kvm(KvmVm::boot_raw(guest, timeout, console)?),
+            selection: Selection {
+                kind: EngineKind::Kvm,
+                why: "a raw ring-3 guest".into(),
+            },
             booted_at: Instant::now(),
         })
     }
@@ -59,58 +90,61 @@ impl RunningVm {
     }
 
     pub fn console(&self) -> &Console {
-        self.qemu.console()
+        dispatch!(self, v => v.console())
     }
 
     /// Host end of byte channel `port`.
     pub fn channel(&self, port: u32) -> Result<UnixStream, VmError> {
-        self.qemu.channel(port)
+        dispatch!(self, v => v.channel(port))
     }
 
     /// Guest physical memory, readable (and writable) while the guest
     /// runs: reads may be torn; freeze for a consistent view.
     pub fn memory(&self) -> Arc<dyn PhysMem + Send + Sync> {
-        self.qemu.ram()
+        dispatch!(self, v => v.ram())
     }
 
     pub fn nr_cpus(&self) -> u32 {
-        self.qemu.nr_cpus()
+        dispatch!(self, v => v.nr_cpus())
     }
 
     /// Stop every vCPU and capture registers; dropping the guard thaws.
     pub fn freeze(&self, timeout: Duration) -> Result<Frozen<'_>, VmError> {
-        let regs = self.qemu.stop(timeout)?;
+        let (regs, thaw): (_, Thaw<'_>) = match &self.engine {
+            Engine::Qemu(q) => (q.stop(timeout)?, Thaw::Qemu(q)),
+            Engine::Kvm(k) => (k.stop(timeout)?, Thaw::Kvm(k)),
+        };
         Ok(Frozen {
-            thaw: Some(&self.qemu),
+            thaw: Some(thaw),
+            dump: Some(thaw),
             regs,
-            mem: self.qemu.ram(),
-            vm_dump: Some(&self.qemu),
+            mem: self.memory(),
         })
     }
 
     /// Wait for the run to end (or its timeout).
     pub fn wait(&self) -> VmExit {
-        self.qemu.wait()
+        dispatch!(self, v => v.wait())
     }
 
-    /// Has the engine (QEMU) exited?
+    /// Has the engine (QEMU, or every vCPU of the kvm engine) stopped?
     pub fn exited(&self) -> bool {
-        self.qemu.exited()
+        dispatch!(self, v => v.exited())
     }
 
     /// Has the spec's wall-clock limit passed?
     pub fn deadline_passed(&self) -> bool {
-        self.qemu.deadline_passed()
+        dispatch!(self, v => v.deadline_passed())
     }
 
     /// Wait up to `grace` for the guest to end by itself, else kill it.
     pub fn wait_or_kill(&self, grace: Duration) -> VmExit {
-        self.qemu.wait_or_kill(grace)
+        dispatch!(self, v => v.wait_or_kill(grace))
     }
 
     /// Kill the VM now.
     pub fn kill(&self) {
-        self.qemu.kill()
+        dispatch!(self, v => v.kill())
     }
 
     /// Freeze the guest at the instant any vCPU writes `len` bytes at guest
@@ -123,31 +157,44 @@ impl RunningVm {
         len: u64,
         callback: crate::watch::WatchCallback,
     ) -> Result<crate::watch::Watch, VmError> {
-        crate::watch::Watch::start(&self.qemu, gva, len, callback)
+        match &self.engine {
+            Engine::Qemu(q) => crate::watch::Watch::start(q, gva, len, callback),
+            Engine::Kvm(k) => crate::watch::Watch::start_kvm(k, gva, len, callback),
+        }
     }
 
-    /// The engine process id (qemu), for leak checks.
+    /// The engine process id (qemu), for leak checks; `None` on kvm.
     pub fn engine_pid(&self) -> Option<u32> {
-        self.qemu.pid()
+        match &self.engine {
+            Engine::Qemu(q) => q.pid(),
+            Engine::Kvm(_) => None,
+        }
     }
+}
+
+/// Who resumes the guest when a guard is dropped.
+#[derive(Clone, Copy)]
+enum Thaw<'a> {
+    Qemu(&'a QemuVm),
+    Kvm(&'a KvmVm),
 }
 
 /// Every vCPU stopped; guest memory is quiescent. Dropping it thaws
 /// (for a watchpoint hit, the watcher resumes the guest after the
 /// callback returns).
 pub struct Frozen<'a> {
-    thaw: Option<&'a QemuVm>,
-    vm_dump: Option<&'a QemuVm>,
+    thaw: Option<Thaw<'a>>,
+    dump: Option<Thaw<'a>>,
     regs: Vec<CpuRegs>,
-    mem: Arc<crate::ram::GuestRam>,
+    mem: Arc<dyn PhysMem + Send + Sync>,
 }
 
 impl<'a> Frozen<'a> {
     /// A guard for a stop someone else resumes (a watchpoint hit).
-    pub(crate) fn borrowed(regs: Vec<CpuRegs>, mem: Arc<crate::ram::GuestRam>) -> Self {
+    pub(crate) fn borrowed(regs: Vec<CpuRegs>, mem: Arc<dyn PhysMem + Send + Sync>) -> Self {
         Self {
             thaw: None,
-            vm_dump: None,
+            dump: None,
             regs,
             mem,
         }
@@ -170,8 +217,11 @@ impl<'a> Frozen<'a> {
 
     /// The engine's own dump of guest memory (qemu: `dump-guest-memory`).
     pub fn engine_dump(&self, path: &std::path::Path) -> Result<(), VmError> {
-        match self.vm_dump {
-            Some(q) => q.dump_guest_memory(path),
+        match self.dump {
+            Some(Thaw::Qemu(q)) => q.dump_guest_memory(path),
+            Some(Thaw::Kvm(_)) => Err(VmError::Unavailable(
+                "the kvm engine has no dump format of its own; write ktstr's vmcore from this guard instead".into(),
+            )),
             None => Err(VmError::Engine(
                 "no engine dump from a watchpoint callback".into(),
             )),
@@ -181,7 +231,11 @@ impl<'a> Frozen<'a> {
     /// Thaw now, reporting errors (drop thaws silently).
     pub fn thaw(mut self) -> Result<(), VmError> {
         match self.thaw.take() {
-            Some(q) => q.cont(),
+            Some(Thaw::Qemu(q)) => q.cont(),
+            Some(Thaw::Kvm(k)) => {
+                k.cont();
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -189,10 +243,14 @@ impl<'a> Frozen<'a> {
 
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
-        if let Some(q) = self.thaw.take()
-            && let Err(e) = q.cont()
-        {
-            tracing::warn!(error = %e, "thaw failed");
+        match self.thaw.take() {
+            Some(Thaw::Qemu(q)) => {
+                if let Err(e) = q.cont() {
+                    tracing::warn!(error = %e, "thaw failed");
+                }
+            }
+            Some(Thaw::Kvm(k)) => k.cont(),
+            None => {}
         }
     }
 }
