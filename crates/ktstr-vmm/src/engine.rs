@@ -2,8 +2,8 @@
 //!
 //! `auto` probes KVM once per host boot (see [`crate::probe`]): where KVM
 //! runs guest kernel code natively it picks QEMU with KVM (ktstr's own kvm
-//! engine boots Linux but has no host<->guest channel yet, which every
-//! test needs), otherwise QEMU with TCG, and says why.
+//! engine is chosen explicitly with `KTSTR_ENGINE=kvm` until its full-Linux
+//! test has run on such a host), otherwise QEMU with TCG, and says why.
 
 use crate::VmError;
 use crate::qemu::cmdline::Accel;
@@ -47,7 +47,7 @@ pub fn select_named(name: &str) -> Result<Selection, VmError> {
         }),
         "kvm" => Ok(Selection {
             kind: EngineKind::Kvm,
-            why: "requested: ktstr's own KVM microVM (no byte channels yet)".into(),
+            why: "requested: ktstr's own KVM microVM".into(),
         }),
         "auto" | "" => Ok(auto(&probe_cache_dir())),
         other => Err(VmError::Spec(format!(
@@ -78,7 +78,7 @@ pub fn auto(cache: &std::path::Path) -> Selection {
         Selection {
             kind: EngineKind::Qemu(Accel::Kvm),
             why: format!(
-                "auto: {}; QEMU with KVM (ktstr's own kvm engine has no vsock channel yet)",
+                "auto: {}; QEMU with KVM (KTSTR_ENGINE=kvm selects ktstr's own microVM)",
                 r.detail
             ),
         }

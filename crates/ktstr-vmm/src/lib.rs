@@ -8,7 +8,7 @@
 //!
 //! Engines: `qemu` (QEMU as a child process; TCG on hosts whose KVM
 //! cannot run guest kernel code at speed) and `kvm` (our own microVM on
-//! kvm-ioctls; boots Linux and small ring-3 programs, no byte channel yet).
+//! kvm-ioctls, vsock channels; boots Linux and small ring-3 programs).
 //! [`engine::select`] picks one from `KTSTR_ENGINE`.
 
 pub mod console;

@@ -7,18 +7,20 @@
 //! It boots Linux ([`boot`]: vmlinux ELF or bzImage, 64-bit entry, our
 //! page tables, GDT, zero page, e820, MP table, topology CPUID) or a small
 //! ring-3 program ([`raw`]) for tests on hosts whose KVM emulates kernel
-//! mode. The host<->guest byte channel (virtio-vsock) is not built yet:
-//! [`KvmVm::channel`] says so.
+//! mode. The host<->guest byte channels are virtio-vsock ([`vsock`] over
+//! [`mmio`]): the guest connects to host CID 2, port N for channel N.
 
 pub mod boot;
 pub mod cpuid;
 pub mod devices;
+pub mod mmio;
 pub mod mptable;
 pub mod ram;
 pub mod raw;
 pub mod rendezvous;
 pub mod slots;
 pub mod vcpu;
+pub mod vsock;
 
 use crate::VmError;
 use crate::console::Console;
@@ -55,6 +57,9 @@ pub struct KvmVm {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     nr_cpus: u32,
     deadline: Instant,
+    vsock: Option<Arc<mmio::VsockMmio>>,
+    channels: Mutex<std::collections::HashMap<u32, std::os::unix::net::UnixStream>>,
+    worker_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for KvmVm {
@@ -141,27 +146,47 @@ impl KvmVm {
             .map_err(kvm_err("KVM_SET_MP_STATE"))?;
             fds.push(fd);
         }
-        Self::start(m, fds, timeout)
+        Self::start(m, fds, timeout, None, Default::default())
     }
 
     /// Boot Linux as `spec` says.
     pub fn boot(spec: &VmSpec) -> Result<Self, VmError> {
         spec.topology.validate().map_err(VmError::Spec)?;
-        if !spec.channels.is_empty() {
-            return Err(VmError::Unavailable(
-                "the kvm engine's byte channels (virtio-vsock) are not built yet; use KTSTR_ENGINE=qemu".into(),
-            ));
-        }
         let console = Console::new(
             crate::console::DEFAULT_RING_BYTES,
             spec.console_sink.clone(),
         );
         let m = machine(u64::from(spec.memory_mb) << 20, console)?;
-        let fds = boot::setup(&m.kvm, &m.vm, &m.ram, spec)?;
-        Self::start(m, fds, spec.timeout)
+        let mut spec = spec.clone();
+        let mut channels = std::collections::HashMap::new();
+        let vsock = if spec.channels.is_empty() {
+            None
+        } else {
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io(e.to_string()))?;
+            m.vm.register_irqfd(&irq, mmio::IRQ)
+                .map_err(kvm_err("KVM_IRQFD"))?;
+            let dev = mmio::VsockMmio::new(m.ram.clone(), irq).map_err(VmError::Engine)?;
+            for &port in &spec.channels {
+                channels.insert(port, dev.listen(port).map_err(VmError::Spec)?);
+            }
+            spec.cmdline = format!(
+                "{} {}",
+                mmio::cmdline(),
+                guest_channel_cmdline(&spec.cmdline)
+            );
+            Some(Arc::new(dev))
+        };
+        let fds = boot::setup(&m.kvm, &m.vm, &m.ram, &spec)?;
+        Self::start(m, fds, spec.timeout, vsock, channels)
     }
 
-    fn start(m: Machine, fds: Vec<VcpuFd>, timeout: Duration) -> Result<Self, VmError> {
+    fn start(
+        m: Machine,
+        fds: Vec<VcpuFd>,
+        timeout: Duration,
+        vsock: Option<Arc<mmio::VsockMmio>>,
+        channels: std::collections::HashMap<u32, std::os::unix::net::UnixStream>,
+    ) -> Result<Self, VmError> {
         let n = fds.len() as u32;
         let rv = Arc::new(Rendezvous::new(n));
         let end = Arc::new(EndSlot::default());
@@ -175,6 +200,7 @@ impl KvmVm {
                 end: end.clone(),
                 ram: m.ram.clone(),
                 slots: m.slots.clone(),
+                vsock: vsock.clone(),
             };
             match std::thread::Builder::new()
                 .name(format!("ktstr-vcpu{i}"))
@@ -191,6 +217,25 @@ impl KvmVm {
             }
         }
         rv.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+        let worker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut others = Vec::new();
+        if let Some(dev) = vsock.clone() {
+            let stop = worker_stop.clone();
+            match std::thread::Builder::new()
+                .name("ktstr-vsock".into())
+                .spawn(move || dev.run_worker(&stop))
+            {
+                Ok(t) => others.push(t),
+                Err(e) => {
+                    rv.stop_all();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(VmError::Io(format!("spawning the vsock worker: {e}")));
+                }
+            }
+        }
+        threads.extend(others);
         Ok(Self {
             _vm: m.vm,
             slots: m.slots,
@@ -201,6 +246,9 @@ impl KvmVm {
             threads: Mutex::new(threads),
             nr_cpus: n,
             deadline: Instant::now() + timeout,
+            vsock,
+            channels: Mutex::new(channels),
+            worker_stop,
         })
     }
 
@@ -216,11 +264,33 @@ impl KvmVm {
         self.nr_cpus
     }
 
-    /// Host end of a byte channel: not built on this engine yet.
+    /// Host end of byte channel `port` (the guest connects to host CID 2,
+    /// port `port`); each channel is handed out once.
     pub fn channel(&self, port: u32) -> Result<std::os::unix::net::UnixStream, VmError> {
-        Err(VmError::Unavailable(format!(
-            "channel {port}: the kvm engine's virtio-vsock device is not built yet; use KTSTR_ENGINE=qemu"
-        )))
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&port)
+            .ok_or_else(|| {
+                VmError::Spec(format!(
+                    "channel {port}: not in the VM spec's channels, or already taken"
+                ))
+            })
+    }
+
+    /// Connect to a guest vsock port (the guest listens on it).
+    pub fn connect_guest(
+        &self,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<std::os::unix::net::UnixStream, VmError> {
+        self.vsock
+            .as_ref()
+            .ok_or_else(|| {
+                VmError::Spec("this VM has no vsock device (no channels in its spec)".into())
+            })?
+            .connect(port, timeout)
+            .map_err(VmError::Engine)
     }
 
     /// Stop every vCPU and capture registers.
@@ -254,6 +324,8 @@ impl KvmVm {
     }
 
     fn teardown(&self) {
+        self.worker_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.rv.stop_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -309,5 +381,35 @@ impl KvmVm {
 impl Drop for KvmVm {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// The guest side of channel N on this engine: the qemu engine's
+/// `ktstr.chan=virtio:/dev/virtio-ports/ktstr.N` on the command line
+/// becomes `ktstr.chan=vsock:2:N`.
+pub fn guest_channel_cmdline(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .map(|a| {
+            a.strip_prefix("ktstr.chan=virtio:/dev/virtio-ports/ktstr.")
+                .and_then(|n| n.parse::<u32>().ok())
+                .map_or_else(
+                    || a.to_string(),
+                    |n| format!("ktstr.chan=vsock:{}:{n}", vsock::HOST_CID),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn channel_cmdline_is_rewritten_for_vsock() {
+        assert_eq!(
+            super::guest_channel_cmdline("quiet ktstr.chan=virtio:/dev/virtio-ports/ktstr.0 x=1"),
+            "quiet ktstr.chan=vsock:2:0 x=1"
+        );
+        assert_eq!(super::guest_channel_cmdline("a b"), "a b");
     }
 }

@@ -69,6 +69,7 @@ pub struct Vcpu {
     pub end: Arc<EndSlot>,
     pub ram: Arc<KvmRam>,
     pub slots: Arc<Slots>,
+    pub vsock: Option<Arc<super::mmio::VsockMmio>>,
 }
 
 /// Registers in introspection's form.
@@ -198,6 +199,14 @@ impl Vcpu {
         let ie = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
         set_immediate_exit_ptr(ie);
         let mut io_pending = false;
+        let vsock = self.vsock.clone();
+        let vsock_at = |gpa: u64| {
+            use super::mmio::{MMIO_BASE, MMIO_LEN};
+            let d = vsock.as_ref()?;
+            (MMIO_BASE..MMIO_BASE + MMIO_LEN)
+                .contains(&gpa)
+                .then(|| (d, gpa - MMIO_BASE))
+        };
         let end = loop {
             self.fd.set_kvm_immediate_exit(0);
             if self.rv.stopping() {
@@ -219,12 +228,18 @@ impl Vcpu {
                     }
                 }
                 Ok(VcpuExit::IoIn(port, data)) => self.pio.read(port, data),
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+                Ok(VcpuExit::MmioRead(gpa, data)) => match vsock_at(gpa) {
+                    Some((d, off)) => d.read(off, data),
+                    None => data.fill(0xff),
+                },
                 Ok(VcpuExit::MmioWrite(gpa, data)) => {
                     let mut buf = [0u8; 8];
                     let n = data.len().min(8);
                     buf[..n].copy_from_slice(&data[..n]);
-                    self.mmio_write(gpa, &buf[..n]);
+                    match vsock_at(gpa) {
+                        Some((d, off)) => d.write(off, &buf[..n]),
+                        None => self.mmio_write(gpa, &buf[..n]),
+                    }
                 }
                 Ok(VcpuExit::Hlt) => std::thread::yield_now(),
                 Ok(VcpuExit::Shutdown) => break Some(VmExit::Reset),
