@@ -111,14 +111,22 @@ impl FailureCapture {
         }
     }
 
+    /// Freeze once to learn the kernel's translation parameters and where
+    /// it records the scheduler's exit kind.
+    fn locate_exit_kind(
+        &self,
+        vm: &RunningVm,
+        hello: Option<&Hello>,
+    ) -> Result<(ktstr_introspect::translate::TranslationParams, u64), String> {
+        let f = vm
+            .freeze(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let k = frozen_kernel(&f, &self.image, hello)?;
+        Ok((*k.params(), exit_kind_kva(&k)?))
+    }
+
     fn arm(&mut self, vm: &RunningVm, hello: Option<&Hello>) -> Result<(), String> {
-        let (params, addr) = {
-            let f = vm
-                .freeze(Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
-            let k = frozen_kernel(&f, &self.image, hello)?;
-            (*k.params(), exit_kind_kva(&k)?)
-        };
+        let (params, addr) = self.locate_exit_kind(vm, hello)?;
         let (image, captured, vmcore) = (
             self.image.clone(),
             self.captured.clone(),
@@ -175,13 +183,7 @@ impl FailureCapture {
     /// Fallback: read the exit kind every 20 ms from guest RAM without
     /// stopping the guest (lock-free), and freeze once it shows an error.
     fn start_sampling(&mut self, vm: &RunningVm, hello: Option<&Hello>) -> Result<(), String> {
-        let (params, addr) = {
-            let f = vm
-                .freeze(Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
-            let k = frozen_kernel(&f, &self.image, hello)?;
-            (*k.params(), exit_kind_kva(&k)?)
-        };
+        let (params, addr) = self.locate_exit_kind(vm, hello)?;
         let mem = vm.memory();
         let image = self.image.clone();
         let flag = self.sampled.clone();

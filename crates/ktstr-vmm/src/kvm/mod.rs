@@ -347,9 +347,10 @@ impl KvmVm {
         }
     }
 
-    /// Wait for the run to end, or tear it down at the deadline.
-    pub fn wait(&self) -> VmExit {
-        match self.end.wait_until(self.deadline) {
+    /// Wait for the run to end until `until`; past it, end the run as a
+    /// timeout.
+    fn wait_until(&self, until: Instant) -> VmExit {
+        match self.end.wait_until(until) {
             Some(e) => self.finish(e),
             None => {
                 self.end.set(VmExit::Timeout);
@@ -358,16 +359,14 @@ impl KvmVm {
         }
     }
 
+    /// Wait for the run to end, or tear it down at the deadline.
+    pub fn wait(&self) -> VmExit {
+        self.wait_until(self.deadline)
+    }
+
     /// Wait up to `grace` for the guest to end by itself, else end it.
     pub fn wait_or_kill(&self, grace: Duration) -> VmExit {
-        let until = (Instant::now() + grace).min(self.deadline);
-        match self.end.wait_until(until) {
-            Some(e) => self.finish(e),
-            None => {
-                self.end.set(VmExit::Timeout);
-                self.finish(self.end.get().unwrap_or(VmExit::Timeout))
-            }
-        }
+        self.wait_until((Instant::now() + grace).min(self.deadline))
     }
 
     /// End the VM now.
