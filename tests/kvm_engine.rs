@@ -382,7 +382,10 @@ fn linux_boots_to_userspace_talks_over_vsock_and_powers_off() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if probe.native { 60 } else { 3600 });
-    let spec = env.spec(init, topo, 512, Duration::from_secs(secs));
+    let mut spec = env.spec(init, topo, 512, Duration::from_secs(secs));
+    // The uncompressed vmlinux: no decompression (most of a bzImage boot
+    // where KVM emulates kernel mode).
+    spec.kernel = env.kernel.vmlinux.clone();
     let t0 = Instant::now();
     let vm =
         RunningVm::boot_with(&spec, ktstr_vmm::engine::select_named("kvm").unwrap()).expect("boot");

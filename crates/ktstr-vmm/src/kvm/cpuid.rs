@@ -71,17 +71,8 @@ pub fn for_vcpu(base: &CpuId, t: &Topology, i: u32) -> Result<CpuId, String> {
                     e.eax = set_field(e.eax, 26, 6, (1 << cb) - 1);
                 }
             }
-            0xb | 0x1f => {
-                let (shift, count, ty) = match e.index {
-                    0 => (tb, t.threads, 1),
-                    1 => (tb + cb, per_pkg, 2),
-                    _ => (0, 0, 0),
-                };
-                e.eax = shift;
-                e.ebx = count;
-                e.ecx = (ty << 8) | e.index;
-                e.edx = p.apic_id;
-            }
+            // Regenerated below with every level.
+            0xb | 0x1f => continue,
             0x8000_0008 => {
                 e.ecx = set_field(e.ecx, 12, 4, tb + cb);
                 e.ecx = set_field(e.ecx, 0, 8, per_pkg - 1);
@@ -101,6 +92,36 @@ pub fn for_vcpu(base: &CpuId, t: &Topology, i: u32) -> Result<CpuId, String> {
             _ => {}
         }
         out.push(e);
+    }
+    // The extended topology leaves, SMT and core levels then the
+    // terminator: KVM reports only an empty subleaf 0 of 0xB, which
+    // leaves Linux with one CPU per package.
+    let max_basic = base
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    for function in [0xb, 0x1f] {
+        if function > max_basic {
+            continue;
+        }
+        for index in 0..3u32 {
+            let (shift, count, ty) = match index {
+                0 => (tb, t.threads, 1),
+                1 => (tb + cb, per_pkg, 2),
+                _ => (0, 0, 0),
+            };
+            out.push(kvm_cpuid_entry2 {
+                function,
+                index,
+                flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                eax: shift,
+                ebx: count,
+                ecx: (ty << 8) | index,
+                edx: p.apic_id,
+                ..Default::default()
+            });
+        }
     }
     CpuId::from_entries(&out).map_err(|e| format!("building CPUID: {e:?}"))
 }
@@ -138,12 +159,11 @@ mod tests {
             ..Default::default()
         };
         let base = CpuId::from_entries(&[
+            entry(0x0, 0, 0xd),
             entry(0x1, 0, 0),
             entry(0x4, 0, (1 << 5) | 1),
             entry(0x4, 3, (3 << 5) | 3),
             entry(0xb, 0, 0),
-            entry(0xb, 1, 0),
-            entry(0xb, 2, 0),
             entry(0x8000_001e, 0, 0),
         ])
         .unwrap();
@@ -172,5 +192,31 @@ mod tests {
         assert_eq!(get(0xb, 1).edx, p.apic_id);
         assert_eq!((get(0xb, 2).ecx >> 8) & 0xff, 0, "terminating level");
         assert_eq!(get(0x8000_001e, 0).ecx, 1, "node 1");
+        assert!(
+            !c.as_slice().iter().any(|e| e.function == 0x1f),
+            "no 0x1F above the maximum basic leaf"
+        );
+    }
+
+    /// KVM's own supported CPUID (AMD on this project's machines, where
+    /// leaf 0xB has only an empty subleaf 0) still yields every level.
+    #[test]
+    fn host_cpuid_gets_full_topology_leaves() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("SKIPPED: no usable /dev/kvm");
+            return;
+        };
+        let base = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        let t = topo(1, 2, 2, 1);
+        let c = for_vcpu(&base, &t, 3).unwrap();
+        let b: Vec<_> = c
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == 0xb)
+            .map(|e| (e.index, e.eax, e.ebx, (e.ecx >> 8) & 0xff, e.edx))
+            .collect();
+        assert_eq!(b, vec![(0, 0, 1, 1, 3), (1, 1, 2, 2, 3), (2, 0, 0, 0, 3)]);
     }
 }
