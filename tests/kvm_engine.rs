@@ -404,3 +404,31 @@ fn linux_boots_to_userspace_talks_over_vsock_and_powers_off() {
     assert_eq!(packages.len(), 2, "{:?}", h.cpus);
     eprintln!("kvm engine: Linux session over vsock in {:?}", t0.elapsed());
 }
+
+#[test]
+fn frozen_time_is_hidden_from_the_guest_clock() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !kvm_usable() {
+        return;
+    }
+    let vm = ktstr_vmm::kvm::KvmVm::boot_raw(
+        &RawGuest::new(programs::COUNT, 2),
+        Duration::from_secs(30),
+        Console::new(4096, None),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let c0 = vm.guest_clock_ns().unwrap();
+    vm.stop(Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    vm.cont();
+    let c1 = vm.guest_clock_ns().unwrap();
+    let wall = t0.elapsed();
+    let guest = Duration::from_nanos(c1.saturating_sub(c0));
+    eprintln!("wall {wall:?}, guest clock advanced {guest:?} across a 300 ms freeze");
+    assert!(
+        guest + Duration::from_millis(250) < wall,
+        "the guest clock ran while frozen: wall {wall:?}, guest {guest:?}"
+    );
+    vm.kill();
+}

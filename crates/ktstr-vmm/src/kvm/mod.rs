@@ -189,6 +189,7 @@ impl KvmVm {
     ) -> Result<Self, VmError> {
         let n = fds.len() as u32;
         let rv = Arc::new(Rendezvous::new(n));
+        rv.set_clock_vm(m.vm.clone());
         let end = Arc::new(EndSlot::default());
         let mut threads = Vec::new();
         for (i, fd) in fds.into_iter().enumerate() {
@@ -308,6 +309,14 @@ impl KvmVm {
 
     pub(crate) fn rendezvous(&self) -> Arc<Rendezvous> {
         self.rv.clone()
+    }
+
+    /// The guest's kvmclock, in nanoseconds (KVM_GET_CLOCK).
+    pub fn guest_clock_ns(&self) -> Result<u64, VmError> {
+        self._vm
+            .get_clock()
+            .map(|c| c.clock)
+            .map_err(kvm_err("KVM_GET_CLOCK"))
     }
 
     pub(crate) fn slots(&self) -> Arc<Slots> {

@@ -36,6 +36,8 @@ struct State {
     stopping: bool,
     regs: Vec<Option<CpuRegs>>,
     hits: VecDeque<Hit>,
+    /// The guest clock when every vCPU stopped, restored at the thaw.
+    clock_at_freeze: Option<u64>,
 }
 
 /// Shared between the host and every vCPU thread of one VM.
@@ -45,6 +47,8 @@ pub struct Rendezvous {
     state: Mutex<State>,
     cv: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
+    /// The VM whose kvmclock a freeze stops (none in unit tests).
+    vm: Mutex<Option<std::sync::Arc<kvm_ioctls::VmFd>>>,
 }
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
@@ -110,11 +114,40 @@ impl Rendezvous {
             }),
             cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
+            vm: Mutex::new(None),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hide frozen time from the guest: KVM_GET_CLOCK once every vCPU is
+    /// parked, KVM_SET_CLOCK back to it at the thaw, so a freeze never
+    /// trips soft-lockup or sched_ext watchdogs.
+    pub fn set_clock_vm(&self, vm: std::sync::Arc<kvm_ioctls::VmFd>) {
+        *self.vm.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm);
+    }
+
+    fn save_clock(&self, s: &mut State) {
+        if let Some(vm) = self.vm.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            s.clock_at_freeze = vm.get_clock().ok().map(|c| c.clock);
+        }
+    }
+
+    fn restore_clock(&self, s: &mut State) {
+        let Some(clock) = s.clock_at_freeze.take() else {
+            return;
+        };
+        if let Some(vm) = self.vm.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let data = kvm_bindings::kvm_clock_data {
+                clock,
+                ..Default::default()
+            };
+            if let Err(e) = vm.set_clock(&data) {
+                tracing::warn!(error = %e, "KVM_SET_CLOCK at thaw");
+            }
+        }
     }
 
     /// Record the vCPU threads to kick (call once every thread runs).
@@ -218,9 +251,12 @@ impl Rendezvous {
                 self.release(false);
                 Err("the VM ended during the freeze".into())
             }
-            Ok(s) => Ok(Owned {
-                regs: s.regs.iter().flatten().cloned().collect(),
-            }),
+            Ok(mut s) => {
+                self.save_clock(&mut s);
+                Ok(Owned {
+                    regs: s.regs.iter().flatten().cloned().collect(),
+                })
+            }
             Err(s) => {
                 let parked = s.parked;
                 drop(s);
@@ -243,6 +279,7 @@ impl Rendezvous {
         let mut s = self.lock();
         s.owner = false;
         if !keep_for_hits || s.hits.is_empty() {
+            self.restore_clock(&mut s);
             s.paused = false;
             s.generation += 1;
         }
@@ -290,6 +327,9 @@ impl Rendezvous {
         // The hitting vCPU kicked the others; wait for all to park.
         match self.wait_parked(s, Instant::now() + Duration::from_secs(10)) {
             Ok(mut s) => {
+                if s.clock_at_freeze.is_none() {
+                    self.save_clock(&mut s);
+                }
                 let hit = s.hits.pop_front()?;
                 let regs = s.regs.iter().flatten().cloned().collect();
                 Some((hit, Owned { regs }))
