@@ -45,7 +45,11 @@ struct State {
 pub struct Rendezvous {
     n: u32,
     state: Mutex<State>,
+    /// Freezers and the watcher wait here (parked count, owner, hits).
     cv: Condvar,
+    /// Parked vCPUs wait here for the thaw; kept apart so a vCPU parking
+    /// does not wake the others.
+    vcpu_cv: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
     /// The VM whose kvmclock a freeze stops (none in unit tests).
     vm: Mutex<Option<std::sync::Arc<kvm_ioctls::VmFd>>>,
@@ -113,6 +117,7 @@ impl Rendezvous {
                 ..Default::default()
             }),
             cv: Condvar::new(),
+            vcpu_cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
             vm: Mutex::new(None),
         }
@@ -174,6 +179,7 @@ impl Rendezvous {
     pub fn stop_all(&self) {
         self.lock().stopping = true;
         self.cv.notify_all();
+        self.vcpu_cv.notify_all();
         self.kick_all();
     }
 
@@ -186,9 +192,11 @@ impl Rendezvous {
         let g = s.generation;
         s.regs[cpu as usize] = Some(regs);
         s.parked += 1;
-        self.cv.notify_all();
+        if s.parked == self.n || !s.hits.is_empty() {
+            self.cv.notify_all();
+        }
         while s.paused && s.generation == g && !s.stopping {
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self.vcpu_cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         s.parked -= 1;
     }
@@ -284,6 +292,7 @@ impl Rendezvous {
             s.generation += 1;
         }
         drop(s);
+        self.vcpu_cv.notify_all();
         self.cv.notify_all();
     }
 
