@@ -53,9 +53,9 @@ fn check_kernel(name: &str) {
     init.add_file("/bin/scx_simple", &env.scheduler("scx_simple").unwrap())
         .unwrap();
     let path = init.write_cached(&env.initramfs_dir()).unwrap();
-    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(120));
+    let spec = env.spec(path, Topology::flat(2), 256, Duration::from_secs(200));
     let vm = RunningVm::boot(&spec).unwrap();
-    let mut run = helper_run(&["report", "15"], Duration::from_secs(60));
+    let mut run = helper_run(&["report", "15"], Duration::from_secs(150));
     run.scheduler = Some(SchedSpec {
         path: "/bin/scx_simple".into(),
         liveness_ms: 1000,
@@ -69,7 +69,7 @@ fn check_kernel(name: &str) {
         let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
         assert!(
             vm.console()
-                .wait_for("KTSTR-REPORT READY", Duration::from_secs(60)),
+                .wait_for("KTSTR-REPORT READY", Duration::from_secs(120)),
             "{}",
             vm.console().tail(30)
         );
