@@ -189,10 +189,10 @@ impl Watch {
             .name("ktstr-watch".into())
             .spawn(move || -> Result<(), String> {
                 let remove = |rv: &crate::kvm::rendezvous::Rendezvous| {
-                    if let Ok(o) = rv.freeze(Duration::from_secs(10)) {
+                    if rv.freeze(Duration::from_secs(10)).is_ok() {
                         let r = slots.disarm();
                         rv.clear_hits();
-                        rv.thaw(o);
+                        rv.thaw();
                         return r;
                     }
                     Ok(())
@@ -201,21 +201,21 @@ impl Watch {
                     if stop2.load(Ordering::SeqCst) {
                         return remove(&rv);
                     }
-                    let Some((hit, owned)) = rv.take_hit(Duration::from_millis(50)) else {
+                    let Some((hit, regs)) = rv.take_hit(Duration::from_millis(50)) else {
                         if rv.stopping() {
                             return Ok(());
                         }
                         continue;
                     };
                     hits2.fetch_add(1, Ordering::SeqCst);
-                    let f = Frozen::borrowed(owned.regs.clone(), mem.clone());
+                    let f = Frozen::borrowed(regs, mem.clone());
                     let action = cb(&f, Some(hit.cpu));
                     drop(f);
                     let removed = (action == WatchAction::Remove).then(|| {
                         rv.clear_hits();
                         slots.disarm()
                     });
-                    rv.thaw(owned);
+                    rv.thaw();
                     if let Some(r) = removed {
                         return r;
                     }

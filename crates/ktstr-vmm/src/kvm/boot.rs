@@ -12,6 +12,7 @@ use super::mptable;
 use super::ram::{HIGH_RAM_START, KvmRam, MMIO_HOLE_START};
 use crate::VmError;
 use crate::spec::VmSpec;
+use ktstr_introspect::mem::PhysMem;
 use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
@@ -22,10 +23,8 @@ use vm_memory::{Bytes, GuestAddress};
 pub const ZERO_PAGE: u64 = 0x7000;
 /// The boot stack top.
 const BOOT_STACK: u64 = 0x8ff0;
-/// Page tables: PML4, PDPT, PD (1 GiB identity map, 2 MiB pages).
+/// Page tables: PML4, then PDPT and PD (1 GiB identity map, 2 MiB pages).
 const PML4: u64 = 0x9000;
-const PDPT: u64 = 0xa000;
-const PD: u64 = 0xb000;
 /// GDT and (empty) IDT.
 const GDT: u64 = 0x500;
 const IDT: u64 = 0x520;
@@ -186,7 +185,12 @@ pub fn setup(kvm: &Kvm, vm: &VmFd, ram: &KvmRam, spec: &VmSpec) -> Result<Vec<Vc
     ram.mem
         .write_slice(&mptable::build(&t), GuestAddress(mptable::MPTABLE_START))
         .map_err(|x| e("writing the MP table")(x.to_string()))?;
-    write_tables(ram).map_err(e("writing page tables"))?;
+    super::raw::write_identity_tables(ram, PML4, false, GDT, &GDT_ENTRIES)
+        .and_then(|_| {
+            ram.write_phys(IDT, &0u64.to_le_bytes())
+                .map_err(|x| x.to_string())
+        })
+        .map_err(e("writing page tables"))?;
 
     let base = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -214,23 +218,6 @@ pub fn setup(kvm: &Kvm, vm: &VmFd, ram: &KvmRam, spec: &VmSpec) -> Result<Vec<Vc
         fds.push(fd);
     }
     Ok(fds)
-}
-
-fn write_tables(ram: &KvmRam) -> Result<(), String> {
-    let w = |a: u64, v: u64| {
-        ram.mem
-            .write_obj(v, GuestAddress(a))
-            .map_err(|x| x.to_string())
-    };
-    w(PML4, PDPT | 0x3)?;
-    w(PDPT, PD | 0x3)?;
-    for i in 0..512u64 {
-        w(PD + i * 8, (i << 21) | 0x83)?;
-    }
-    for (i, g) in GDT_ENTRIES.iter().enumerate() {
-        w(GDT + i as u64 * 8, *g)?;
-    }
-    w(IDT, 0)
 }
 
 /// LINT0 as ExtINT (the PIC), LINT1 as NMI, as firmware leaves them.

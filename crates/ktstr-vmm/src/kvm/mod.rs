@@ -30,7 +30,7 @@ use ktstr_introspect::regs::CpuRegs;
 use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_mp_state, kvm_pit_config};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use ram::KvmRam;
-use rendezvous::{Owned, Rendezvous};
+use rendezvous::Rendezvous;
 use slots::Slots;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
@@ -296,15 +296,12 @@ impl KvmVm {
 
     /// Stop every vCPU and capture registers.
     pub fn stop(&self, timeout: Duration) -> Result<Vec<CpuRegs>, VmError> {
-        let o = self.rv.freeze(timeout).map_err(VmError::Engine)?;
-        let regs = o.regs.clone();
-        std::mem::forget(o);
-        Ok(regs)
+        self.rv.freeze(timeout).map_err(VmError::Engine)
     }
 
     /// Resume after [`stop`](Self::stop).
     pub fn cont(&self) {
-        self.rv.thaw(Owned { regs: Vec::new() });
+        self.rv.thaw();
     }
 
     pub(crate) fn rendezvous(&self) -> Arc<Rendezvous> {

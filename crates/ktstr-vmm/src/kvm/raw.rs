@@ -14,10 +14,8 @@ use super::ram::KvmRam;
 use ktstr_introspect::mem::PhysMem;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
-/// Page tables: PML4, PDPT, PD (2 MiB pages over the first 1 GiB).
+/// Page tables: PML4, then PDPT and PD (2 MiB pages over the first 1 GiB).
 pub const PML4: u64 = 0x1000;
-const PDPT: u64 = 0x2000;
-const PD: u64 = 0x3000;
 /// The GDT.
 pub const GDT: u64 = 0x4000;
 /// Where the program is loaded and every vCPU starts.
@@ -51,20 +49,29 @@ pub struct RawGuest {
     pub ring0: bool,
 }
 
-/// Write page tables and the GDT into guest memory.
-pub fn write_tables(ram: &KvmRam) -> Result<(), String> {
+/// Identity-map the first 1 GiB with 2 MiB pages (PML4 at `pml4`, its
+/// PDPT and PD in the two pages after it; user-accessible when `user`)
+/// and write `gdt` at `gdt_at`. The kvm engine's Linux boot uses this too.
+pub fn write_identity_tables(
+    ram: &KvmRam,
+    pml4: u64,
+    user: bool,
+    gdt_at: u64,
+    gdt: &[u64],
+) -> Result<(), String> {
     let w = |a: u64, v: u64| {
         ram.write_phys(a, &v.to_le_bytes())
-            .map_err(|e| format!("writing guest tables: {e}"))
+            .map_err(|e| format!("writing guest page tables and GDT: {e}"))
     };
-    const P_RW_US: u64 = 0x7;
-    w(PML4, PDPT | P_RW_US)?;
-    w(PDPT, PD | P_RW_US)?;
+    let (pdpt, pd) = (pml4 + 0x1000, pml4 + 0x2000);
+    let flags = if user { 0x7 } else { 0x3 }; // present, writable (, user)
+    w(pml4, pdpt | flags)?;
+    w(pdpt, pd | flags)?;
     for i in 0..512u64 {
-        w(PD + i * 8, (i << 21) | P_RW_US | 0x80)?; // PS: 2 MiB page
+        w(pd + i * 8, (i << 21) | flags | 0x80)?; // PS: 2 MiB page
     }
-    for (i, e) in GDT_ENTRIES.iter().enumerate() {
-        w(GDT + i as u64 * 8, *e)?;
+    for (i, e) in gdt.iter().enumerate() {
+        w(gdt_at + i as u64 * 8, *e)?;
     }
     Ok(())
 }
@@ -142,7 +149,7 @@ impl RawGuest {
                 self.code.len()
             ));
         }
-        write_tables(ram)?;
+        write_identity_tables(ram, PML4, true, GDT, &GDT_ENTRIES)?;
         ram.write_phys(CODE, &self.code)
             .map_err(|e| format!("loading the program: {e}"))
     }
@@ -195,8 +202,8 @@ mod tests {
     fn tables_identity_map_user_pages() {
         let ram = KvmRam::new(RAM_BYTES).unwrap();
         RawGuest::new(vec![0xeb, 0xfe], 2).load(&ram).unwrap();
-        assert_eq!(ram.read_u64(PML4).unwrap() & !0xfff, PDPT);
-        let pde = ram.read_u64(PD + 8).unwrap();
+        assert_eq!(ram.read_u64(PML4).unwrap() & !0xfff, PML4 + 0x1000);
+        let pde = ram.read_u64(PML4 + 0x2000 + 8).unwrap();
         assert_eq!(pde & !0xfff, 2 << 20);
         assert_eq!(pde & 0x87, 0x87, "present, writable, user, 2 MiB");
         assert_eq!(ram.read_u8(CODE).unwrap(), 0xeb);

@@ -92,13 +92,6 @@ pub fn set_immediate_exit_ptr(p: *mut u8) {
     IMMEDIATE_EXIT.with(|c| c.set(p));
 }
 
-/// Guard of a host freeze: every vCPU is parked until it is dropped or
-/// [`Rendezvous::thaw`] is called with it.
-#[derive(Debug)]
-pub struct Owned {
-    pub regs: Vec<CpuRegs>,
-}
-
 /// Kick every listed thread.
 fn kick(threads: &[libc::pthread_t]) {
     for &t in threads {
@@ -231,8 +224,9 @@ impl Rendezvous {
         Ok(s)
     }
 
-    /// Host side: stop every vCPU and capture registers.
-    pub fn freeze(&self, timeout: Duration) -> Result<Owned, String> {
+    /// Host side: stop every vCPU and capture registers; every vCPU stays
+    /// parked until [`Rendezvous::thaw`].
+    pub fn freeze(&self, timeout: Duration) -> Result<Vec<CpuRegs>, String> {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         while s.owner && !s.stopping {
@@ -261,9 +255,7 @@ impl Rendezvous {
             }
             Ok(mut s) => {
                 self.save_clock(&mut s);
-                Ok(Owned {
-                    regs: s.regs.iter().flatten().cloned().collect(),
-                })
+                Ok(s.regs.iter().flatten().cloned().collect())
             }
             Err(s) => {
                 let parked = s.parked;
@@ -279,7 +271,7 @@ impl Rendezvous {
 
     /// Host side: end a freeze. With watchpoint hits queued the guest stays
     /// stopped and the watcher takes over.
-    pub fn thaw(&self, _owned: Owned) {
+    pub fn thaw(&self) {
         self.release(true);
     }
 
@@ -312,7 +304,7 @@ impl Rendezvous {
 
     /// Watcher side: wait up to `timeout` for a hit with the guest fully
     /// stopped and nobody else freezing; take ownership of the freeze.
-    pub fn take_hit(&self, timeout: Duration) -> Option<(Hit, Owned)> {
+    pub fn take_hit(&self, timeout: Duration) -> Option<(Hit, Vec<CpuRegs>)> {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         loop {
@@ -341,7 +333,7 @@ impl Rendezvous {
                 }
                 let hit = s.hits.pop_front()?;
                 let regs = s.regs.iter().flatten().cloned().collect();
-                Some((hit, Owned { regs }))
+                Some((hit, regs))
             }
             Err(mut s) => {
                 tracing::warn!("vCPUs did not stop for a watchpoint hit");
@@ -404,16 +396,16 @@ mod tests {
         let (hs, c) = spawn_fake(&r, 4);
         std::thread::sleep(Duration::from_millis(20));
         for _ in 0..50 {
-            let o = r.freeze(Duration::from_secs(5)).unwrap();
-            assert_eq!(o.regs.len(), 4);
+            let regs = r.freeze(Duration::from_secs(5)).unwrap();
+            assert_eq!(regs.len(), 4);
             let before: Vec<u64> = c.iter().map(|a| a.load(Ordering::SeqCst)).collect();
             std::thread::sleep(Duration::from_millis(2));
             let after: Vec<u64> = c.iter().map(|a| a.load(Ordering::SeqCst)).collect();
             assert_eq!(before, after, "a thread ran while frozen");
-            for (reg, n) in o.regs.iter().zip(&after) {
+            for (reg, n) in regs.iter().zip(&after) {
                 assert_eq!(reg.rax, *n, "registers are captured at the park");
             }
-            r.thaw(o);
+            r.thaw();
         }
         let a = c[0].load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(20));
@@ -428,18 +420,18 @@ mod tests {
     fn a_hit_during_a_freeze_keeps_the_guest_stopped_for_the_watcher() {
         let r = Arc::new(Rendezvous::new(2));
         let (hs, c) = spawn_fake(&r, 2);
-        let o = r.freeze(Duration::from_secs(5)).unwrap();
+        r.freeze(Duration::from_secs(5)).unwrap();
         r.report_hit(Hit {
             cpu: 1,
             gpa: 0x1000,
         });
-        r.thaw(o);
+        r.thaw();
         let frozen_at = c[0].load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(c[0].load(Ordering::SeqCst), frozen_at, "still stopped");
-        let (hit, o) = r.take_hit(Duration::from_secs(1)).unwrap();
+        let (hit, _) = r.take_hit(Duration::from_secs(1)).unwrap();
         assert_eq!(hit.cpu, 1);
-        r.thaw(o);
+        r.thaw();
         std::thread::sleep(Duration::from_millis(20));
         assert!(c[0].load(Ordering::SeqCst) > frozen_at);
         assert!(r.take_hit(Duration::from_millis(10)).is_none());
