@@ -388,18 +388,24 @@ mod tests {
             assert!(srq.ops_qseq.is_none(), "7.2 has no rq->scx.ops_qseq");
             assert!(srq.kick_sync.is_some() && srq.nr_immed.is_some() && srq.pnt_seq.is_none());
             let s = o.sched.expect("7.2 has struct scx_sched");
-            assert_eq!(s.exit_kind.off, 848);
+            // Offsets depend on the build's config: compare with BTF, never
+            // with numbers from one build.
+            let ek = img.btf().field("scx_sched", "exit_kind").unwrap();
+            assert_eq!((s.exit_kind.off, s.exit_kind.size), (ek.offset, ek.size));
             assert!(s.pcpu_bypass_dsq.is_some() && s.pnode_global_dsq.is_some());
-            assert_eq!(o.see.unwrap().dsq_vtime.unwrap().off, 184);
+            let dv = img.btf().field("sched_ext_entity", "dsq_vtime").unwrap();
+            assert_eq!(o.see.unwrap().dsq_vtime.unwrap().off, dv.offset);
             assert!(o.task.is_some() && o.rq.is_some() && o.dsq.is_some() && o.rht.is_some());
         }
         if let Some(img) = shared("6.12") {
             let o = Offsets::from_btf(img.btf());
             let srq = o.scx_rq.expect("6.12 scx_rq");
             assert!(srq.ops_qseq.is_none() && srq.kick_sync.is_none() && srq.nr_immed.is_none());
-            assert_eq!(srq.pnt_seq.unwrap().off, 168);
+            let ps = img.btf().field("scx_rq", "pnt_seq").unwrap();
+            assert_eq!(srq.pnt_seq.unwrap().off, ps.offset);
             assert!(o.sched.is_none(), "6.12 has no struct scx_sched");
-            assert_eq!(o.see.unwrap().dsq_vtime.unwrap().off, 160);
+            let dv = img.btf().field("sched_ext_entity", "dsq_vtime").unwrap();
+            assert_eq!(o.see.unwrap().dsq_vtime.unwrap().off, dv.offset);
             assert!(o.exit_info.is_some());
         }
     }
@@ -409,8 +415,9 @@ mod tests {
         let Some(img) = shared("7.2") else { return };
         let btf = img.btf();
         let scx = btf.field("task_struct", "scx").unwrap().offset;
+        let inner = btf.field("sched_ext_entity", "dsq_vtime").unwrap().offset;
         let v = btf.field("task_struct", "scx.dsq_vtime").unwrap();
-        assert_eq!(v.offset, scx + 184);
+        assert_eq!(v.offset, scx + inner);
         assert_eq!(v.size, 8);
         let ue = btf.field("task_struct", "se.avg.util_est").unwrap();
         assert_eq!(ue.size, 4);
