@@ -157,10 +157,16 @@ mod tests {
             "CONFIG_RANDOMIZE_BASE",
             "CONFIG_NUMA",
             "CONFIG_SCHED_MC",
+            // what real schedulers need (scx_bpfland & co. refuse to start
+            // without FUNCTION_TRACER) and cgroup controllers scenarios use
+            "CONFIG_FUNCTION_TRACER",
+            "CONFIG_CFS_BANDWIDTH",
+            "CONFIG_MEMCG",
+            "CONFIG_PSI",
         ] {
             assert!(has(n, Want::Set("y".into())), "{n} missing from fragment");
         }
-        for n in ["CONFIG_MODULES", "CONFIG_PSI", "CONFIG_DEBUG_INFO_REDUCED"] {
+        for n in ["CONFIG_MODULES", "CONFIG_DEBUG_INFO_REDUCED"] {
             assert!(has(n, Want::Unset), "{n} not disabled in fragment");
         }
     }
