@@ -12,7 +12,7 @@ fn ktstr() -> Command {
 /// Runs `ktstr`; VMs it boots count against this process's vCPU budget
 /// (4 vCPUs by default), so concurrent tests do not skew each other.
 fn out(c: &mut Command) -> (bool, String) {
-    let _slot = ktstr_test::vmtest::VcpuSlot::acquire(4);
+    let _slot = ktstr_test::host::env::VcpuSlot::acquire(4);
     let o = c.output().expect("run ktstr");
     let text = format!(
         "{}{}",
@@ -24,7 +24,7 @@ fn out(c: &mut Command) -> (bool, String) {
 
 #[test]
 fn run_default_scenario_passes_under_scx_simple_and_eevdf() {
-    if ktstr_test::vmtest::vm_env(None).is_none() {
+    if ktstr_test::host::env::vm_env(None).is_none() {
         return;
     }
     for sched in ["scx_simple", "eevdf"] {
@@ -36,7 +36,7 @@ fn run_default_scenario_passes_under_scx_simple_and_eevdf() {
 
 #[test]
 fn run_with_a_stalling_scheduler_fails_with_a_dump_and_vmcore() {
-    let Some(env) = ktstr_test::vmtest::vm_env(None) else {
+    let Some(env) = ktstr_test::host::env::vm_env(None) else {
         return;
     };
     let dumps = tempfile::tempdir().unwrap();

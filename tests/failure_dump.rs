@@ -46,7 +46,7 @@ fn check_dump(r: &VmResult, kind: &str) -> Result<()> {
     for f in ["dump.json", "dump.txt"] {
         anyhow::ensure!(dir.join(f).is_file(), "{} missing", dir.join(f).display());
     }
-    let loaded = ktstr_test::dump::FailureDump::load(dir).map_err(anyhow::Error::msg)?;
+    let loaded = ktstr_test::host::dump::FailureDump::load(dir).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(loaded == *d, "dump.json does not round-trip");
     Ok(())
 }
@@ -97,7 +97,7 @@ fn stalled_on_a_queue(r: &VmResult) -> Result<()> {
         .and_then(|s| s.enable_state.as_deref())
         == Some("SCX_ENABLED");
     if enabled {
-        let stalled = ktstr_test::dump::stalled_tasks(d);
+        let stalled = ktstr_test::host::dump::stalled_tasks(d);
         anyhow::ensure!(
             stalled.iter().any(|t| t
                 .found_on
@@ -152,7 +152,7 @@ fn unexpected_scheduler_error_points_at_the_dump() {
         duration_s: 3,
         ..ktstr::test_support::TestDef::DEFAULT
     };
-    let Some(msg) = ktstr_test::vmtest::expect_test_failure(&def) else {
+    let Some(msg) = ktstr_test::test_utils::expect_test_failure(&def) else {
         return;
     };
     for want in [

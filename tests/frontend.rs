@@ -125,7 +125,7 @@ fn failing_check_prints_a_summary() {
         duration_s: 1,
         ..ktstr::test_support::TestDef::DEFAULT
     };
-    let Some(msg) = ktstr_test::vmtest::expect_test_failure(&def) else {
+    let Some(msg) = ktstr_test::test_utils::expect_test_failure(&def) else {
         return;
     };
     for want in [

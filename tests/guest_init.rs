@@ -3,8 +3,9 @@
 //! absent), and a scheduler killed mid-run. Each run must end with the
 //! guest powered off.
 
-use ktstr_test::initramfs::Initramfs;
-use ktstr_test::vmtest::{VmEnv, helper_run, no_ops, vm_env};
+use ktstr_test::host::env::{VmEnv, vm_env};
+use ktstr_test::host::initramfs::Initramfs;
+use ktstr_test::test_utils::{helper_run, no_ops};
 use ktstr_vmm::{Topology, VmExit};
 use ktstr_wire::{Phase, SchedSpec};
 use std::time::Duration;
@@ -25,7 +26,7 @@ fn session(
     cpus: u32,
     secs: u64,
     run: &ktstr_wire::RunSpec,
-) -> ktstr_test::session::SessionResult {
+) -> ktstr_test::host::session::SessionResult {
     env.run(
         init,
         Topology::flat(cpus),
@@ -145,7 +146,7 @@ fn cold_path_kernel_ops_round_trip_and_refusals() {
     let image = std::sync::Arc::new(
         ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
     );
-    let mut cold = ktstr_test::cold::ColdOps::new(image);
+    let mut cold = ktstr_test::host::cold::ColdOps::new(image);
     let mut run = helper_run(&["kernel-ops"], Duration::from_secs(60));
     run.scheduler = sched("/bin/scx_simple", &[], 10_000);
     let (r, _vm) = env

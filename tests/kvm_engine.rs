@@ -314,7 +314,7 @@ fn linux_vmlinux_prints_its_banner_and_e820_map() {
     if !kvm_usable() {
         return;
     }
-    let Some(env) = ktstr_test::vmtest::vm_env(None) else {
+    let Some(env) = ktstr_test::host::env::vm_env(None) else {
         return;
     };
     let mut spec = ktstr_vmm::VmSpec::new(&env.kernel.vmlinux);
@@ -375,10 +375,10 @@ fn linux_boots_to_userspace_talks_over_vsock_and_powers_off() {
         );
         return;
     }
-    let Some(env) = ktstr_test::vmtest::vm_env(None) else {
+    let Some(env) = ktstr_test::host::env::vm_env(None) else {
         return;
     };
-    let init = ktstr_test::initramfs::Initramfs::base()
+    let init = ktstr_test::host::initramfs::Initramfs::base()
         .write_cached(&env.initramfs_dir())
         .unwrap();
     let topo = ktstr_vmm::Topology {
@@ -400,11 +400,11 @@ fn linux_boots_to_userspace_talks_over_vsock_and_powers_off() {
     let t0 = Instant::now();
     let vm =
         RunningVm::boot_with(&spec, ktstr_vmm::engine::select_named("kvm").unwrap()).expect("boot");
-    let run = ktstr_test::vmtest::helper_run(
+    let run = ktstr_test::test_utils::helper_run(
         &["exit", "3", "hello", "over", "vsock"],
         Duration::from_secs(secs),
     );
-    let r = ktstr_test::session::run(&vm, &run, &mut ktstr_test::vmtest::no_ops());
+    let r = ktstr_test::host::session::run(&vm, &run, &mut ktstr_test::test_utils::no_ops());
     let text = vm.console().contents();
     assert_eq!(r.vm_exit, VmExit::PowerOff, "{r:?}\nconsole: {text}");
     assert_eq!(r.exit_code, Some(3), "{r:?}");

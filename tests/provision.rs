@@ -4,8 +4,8 @@
 //! schedulers for it. Takes ~15-20 minutes on 2 cores, so it does not run
 //! by default; `KTSTR_TEST_PROVISION_VERSION` picks the kernel (7.2).
 
-use ktstr_test::cache::Cache;
-use ktstr_test::provision::{kernel, sched};
+use ktstr_kernels::cache::Cache;
+use ktstr_kernels::provision::{kernel, sched};
 
 #[test]
 fn build_kernel_and_schedulers_from_scratch() {
@@ -23,8 +23,8 @@ fn build_kernel_and_schedulers_from_scratch() {
     eprintln!("kernel {} built in {:?}", m.version, start.elapsed());
     assert_eq!(m.name, version);
     let arts = cache.kernel(&m.name).unwrap();
-    ktstr_test::cache::check_bzimage(&arts.bzimage).unwrap();
-    ktstr_test::cache::check_vmlinux(&arts.vmlinux).unwrap();
+    ktstr_kernels::artifact::check_bzimage(&arts.bzimage).unwrap();
+    ktstr_kernels::artifact::check_vmlinux(&arts.vmlinux).unwrap();
     let img = ktstr::introspect::image::KernelImage::open(&arts.vmlinux).unwrap();
     img.btf().struct_id("sched_ext_entity").unwrap();
     for s in ["runqueues", "__per_cpu_offset", "jiffies_64"] {
@@ -37,7 +37,7 @@ fn build_kernel_and_schedulers_from_scratch() {
     assert_eq!(bins.len(), 2);
     for b in bins {
         assert!(
-            sched::is_static_elf(&std::fs::read(&b).unwrap()).unwrap(),
+            ktstr_kernels::artifact::is_static_elf(&std::fs::read(&b).unwrap()).unwrap(),
             "{} not static",
             b.display()
         );

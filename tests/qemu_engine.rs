@@ -3,8 +3,9 @@
 //! kernel panic, a hung guest killed at its timeout, no QEMU left behind.
 
 use ktstr::introspect::collect::{CollectOptions, snapshot};
-use ktstr_test::initramfs::Initramfs;
-use ktstr_test::vmtest::{helper_run, no_ops, vm_env};
+use ktstr_test::host::env::vm_env;
+use ktstr_test::host::initramfs::Initramfs;
+use ktstr_test::test_utils::{helper_run, no_ops};
 use ktstr_vmm::{Topology, VmExit};
 use ktstr_wire::Phase;
 use std::time::Duration;
@@ -124,7 +125,7 @@ fn freeze_and_introspect_a_running_guest() {
     let image = std::sync::Arc::new(
         ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
     );
-    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
+    ktstr_test::test_utils::with_spinning_guest(&env, 2, |vm| {
         let f = vm.freeze(Duration::from_secs(5)).unwrap();
         assert_eq!(f.regs().len(), 2);
         let k =
@@ -152,7 +153,7 @@ fn thousand_freezes_keep_guest_time() {
         ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
     );
     let btf_nr = image.btf().field("rq", "nr_running").unwrap().offset;
-    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
+    ktstr_test::test_utils::with_spinning_guest(&env, 2, |vm| {
         let mut params = None;
         let mut last: Option<(u64, std::time::Instant)> = None;
         let (mut ran_total_ms, mut jiffies_total) = (0i64, 0u64);
@@ -167,7 +168,7 @@ fn thousand_freezes_keep_guest_time() {
             assert_eq!(f.regs().len(), 2, "freeze {i}: registers of every vCPU");
             let k = match params {
                 None => {
-                    let k = ktstr_test::cold::frozen_kernel(&f, &image, None).unwrap();
+                    let k = ktstr_test::host::cold::frozen_kernel(&f, &image, None).unwrap();
                     params = Some(*k.params());
                     k
                 }
@@ -230,10 +231,10 @@ fn watchpoint_catches_the_write_of_jiffies() {
     let image = std::sync::Arc::new(
         ktstr::introspect::image::KernelImage::open(&env.kernel.vmlinux).unwrap(),
     );
-    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
+    ktstr_test::test_utils::with_spinning_guest(&env, 2, |vm| {
         let (params, jiffies_kva, before) = {
             let f = vm.freeze(Duration::from_secs(10)).unwrap();
-            let k = ktstr_test::cold::frozen_kernel(&f, &image, None).unwrap();
+            let k = ktstr_test::host::cold::frozen_kernel(&f, &image, None).unwrap();
             let kva = k.sym("jiffies_64").unwrap();
             (*k.params(), kva, k.read_u64(kva).unwrap())
         };

@@ -7,8 +7,9 @@ use ktstr::introspect::collect::{CollectOptions, snapshot};
 use ktstr::introspect::image::KernelImage;
 use ktstr::introspect::kernel::{KaslrSource, Kernel};
 use ktstr::introspect::vmcore::Vmcore;
-use ktstr_test::initramfs::Initramfs;
-use ktstr_test::vmtest::{helper_run, no_ops, vm_env};
+use ktstr_test::host::env::vm_env;
+use ktstr_test::host::initramfs::Initramfs;
+use ktstr_test::test_utils::{helper_run, no_ops};
 use ktstr_vmm::{RunningVm, Topology};
 use ktstr_wire::SchedSpec;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ fn check_kernel(name: &str) {
     // Hold host CPUs for the guest's vCPUs like every other VM test: the
     // 7.2 and 6.12 tests run in parallel, and overcommitted TCG guests
     // have stalled early in boot here.
-    let _slot = ktstr_test::vmtest::VcpuSlot::acquire(2);
+    let _slot = ktstr_test::host::env::VcpuSlot::acquire(2);
     let vm = RunningVm::boot(&spec).unwrap();
     let mut run = helper_run(&["report", "15"], Duration::from_secs(150));
     run.scheduler = Some(SchedSpec {
@@ -70,7 +71,7 @@ fn check_kernel(name: &str) {
     let ours = dir.path().join("ktstr.vmcore");
     let qemus = dir.path().join("qemu.vmcore");
     std::thread::scope(|s| {
-        let session = s.spawn(|| ktstr_test::session::run(&vm, &run, &mut no_ops()));
+        let session = s.spawn(|| ktstr_test::host::session::run(&vm, &run, &mut no_ops()));
         assert!(
             vm.console()
                 .wait_for("KTSTR-REPORT READY", Duration::from_secs(120)),
@@ -92,10 +93,10 @@ fn check_kernel(name: &str) {
             .map(|p| p.parse().unwrap())
             .collect();
         let f = vm.freeze(Duration::from_secs(10)).unwrap();
-        let k = ktstr_test::cold::frozen_kernel(&f, &image, None).unwrap();
+        let k = ktstr_test::host::cold::frozen_kernel(&f, &image, None).unwrap();
         let live = snapshot(&k, &CollectOptions::default());
         let t = std::time::Instant::now();
-        let size = ktstr_test::vmcore_dump::write_frozen_vmcore(&f, &k, &ours).unwrap();
+        let size = ktstr_test::host::vmcore_dump::write_frozen_vmcore(&f, &k, &ours).unwrap();
         eprintln!("ktstr vmcore: {size} bytes in {:?}", t.elapsed());
         let t = std::time::Instant::now();
         f.engine_dump(&qemus).unwrap();

@@ -24,7 +24,7 @@ pub enum DumpCmd {
 pub fn dump_cmd(cmd: &DumpCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         DumpCmd::Show { file, json } => {
-            let d = ktstr_test::dump::FailureDump::load(file).map_err(anyhow::Error::msg)?;
+            let d = ktstr_test::host::dump::FailureDump::load(file).map_err(anyhow::Error::msg)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {

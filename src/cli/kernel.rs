@@ -2,7 +2,7 @@
 
 use super::{Cli, cache};
 use clap::Subcommand;
-use ktstr_test::provision::kernel::{self, KernelBuildOptions};
+use ktstr_kernels::provision::kernel::{self, KernelBuildOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -105,7 +105,7 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
             let env = std::env::var("KTSTR_KERNEL").ok();
             let arts = match name {
                 Some(n) => cache.kernel(n)?,
-                None => ktstr_test::cache::resolve_kernel(env.as_deref(), None, &cache)?,
+                None => ktstr_kernels::resolve_kernel(env.as_deref(), None, &cache)?,
             };
             match arts.bzimage.parent() {
                 Some(p) => println!("{}", p.display()),

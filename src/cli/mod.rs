@@ -57,10 +57,10 @@ pub enum Command {
     GuestScenario { name: String },
 }
 
-pub fn cache(cli_dir: &Option<std::path::PathBuf>) -> anyhow::Result<ktstr_test::cache::Cache> {
+pub fn cache(cli_dir: &Option<std::path::PathBuf>) -> anyhow::Result<ktstr_kernels::cache::Cache> {
     Ok(match cli_dir {
-        Some(d) => ktstr_test::cache::Cache::at(d),
-        None => ktstr_test::cache::Cache::from_env()?,
+        Some(d) => ktstr_kernels::cache::Cache::at(d),
+        None => ktstr_kernels::cache::Cache::from_env()?,
     })
 }
 

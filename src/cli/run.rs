@@ -6,10 +6,11 @@
 
 use super::{Cli, cache};
 use clap::Args;
-use ktstr_test::cache::{Cache, kernel_from_env_value, resolve_scheduler};
-use ktstr_test::runner::{RunRequest, judge, run};
-use ktstr_test::scenario::{BUILTIN, ScenarioReport};
-use ktstr_test::vmtest::VmEnv;
+use ktstr_kernels::cache::{Cache, CacheError, KernelArtifacts};
+use ktstr_kernels::resolve::{KernelRequest, kernel_from_request, resolve_scheduler};
+use ktstr_test::guest::scenario::{BUILTIN, ScenarioReport};
+use ktstr_test::host::env::VmEnv;
+use ktstr_test::host::runner::{RunRequest, judge, run};
 use ktstr_vmm::Topology;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +21,14 @@ pub struct RunArgs {
     /// binary, or `eevdf` for no sched_ext scheduler.
     #[arg(long, default_value = "scx_simple")]
     pub scheduler: String,
-    /// Arguments for the scheduler, as one string (e.g. "-t 2").
+    /// Arguments for the scheduler as one string, split like a shell
+    /// would (quotes group words: "-t 2 --name 'a b'").
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub sched_args: Option<String>,
+    /// One argument for the scheduler, as is (repeat for more; may contain
+    /// spaces). Appended after --sched-args.
+    #[arg(long = "sched-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub sched_arg: Vec<String>,
     /// Topology N,L,C,T: NUMA nodes, LLCs per node, cores per LLC,
     /// threads per core [default: 1,1,C,1 with C = min(4, host CPUs), so a
     /// run never overcommits the host by default].
@@ -48,6 +54,28 @@ pub struct RunArgs {
     /// Also write a vmcore at the instant of a scheduler failure.
     #[arg(long)]
     pub vmcore: bool,
+    /// Scheduler arguments after `--`, as is (appended last).
+    #[arg(last = true, value_name = "SCHED_ARGS")]
+    pub trailing_sched_args: Vec<String>,
+}
+
+impl RunArgs {
+    /// The scheduler's argv: `--sched-args` (shell-split), then each
+    /// `--sched-arg`, then everything after `--`.
+    pub fn scheduler_args(&self) -> anyhow::Result<Vec<String>> {
+        let mut v = match &self.sched_args {
+            Some(s) => shlex::split(s).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--sched-args {s:?}: unbalanced quotes; quote each argument, or pass them \
+                     one by one with --sched-arg, or after `--`"
+                )
+            })?,
+            None => Vec::new(),
+        };
+        v.extend(self.sched_arg.iter().cloned());
+        v.extend(self.trailing_sched_args.iter().cloned());
+        Ok(v)
+    }
 }
 
 /// `10s`, `500ms`, `2m`, or plain seconds.
@@ -73,56 +101,99 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_millis(ms))
 }
 
-fn ensure_kernel(
-    cache: &Cache,
-    requested: Option<&str>,
-) -> anyhow::Result<ktstr_test::cache::KernelArtifacts> {
-    let env = std::env::var("KTSTR_KERNEL").ok();
-    if let Some(v) = env.as_deref().or(requested)
-        && let Ok(k) = kernel_from_env_value(v, cache)
-    {
-        return Ok(k);
-    }
-    if let (None, None) = (env.as_deref(), requested)
-        && let Some(k) = cache.default_kernel()?
-    {
-        return Ok(k);
-    }
-    let version = requested
-        .filter(|v| !v.contains('/'))
-        .unwrap_or(ktstr_test::provision::kernel::DEFAULT_VERSION);
+/// A bare `major.minor` version (`7.2`): the only kind of name that is
+/// built when it is not cached.
+fn is_version_name(s: &str) -> bool {
+    let mut it = s.split('.');
+    matches!((it.next(), it.next(), it.next()),
+        (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty()
+            && a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit()))
+}
+
+fn build_kernel(cache: &Cache, version: &str) -> anyhow::Result<KernelArtifacts> {
     eprintln!(
         "ktstr: no kernel {version} in {}: building it now (first use; ~15-20 minutes on 2 cores)",
         cache.root().display()
     );
-    let m = ktstr_test::provision::kernel::build(
+    let m = ktstr_kernels::provision::kernel::build(
         cache,
-        &ktstr_test::provision::kernel::KernelBuildOptions::new(version),
+        &ktstr_kernels::provision::kernel::KernelBuildOptions::new(version),
     )?;
     Ok(cache.kernel(&m.name)?)
 }
 
-fn scheduler(cache: &Cache, kernel: &str, s: &str) -> anyhow::Result<Option<PathBuf>> {
+/// The kernel to boot: `KTSTR_KERNEL` > `--kernel` > the cache's newest >
+/// a build of the default version. A path that does not exist is an error
+/// naming it; only a bare version that is not cached is built.
+fn ensure_kernel(cache: &Cache, requested: Option<&str>) -> anyhow::Result<KernelArtifacts> {
+    let env = std::env::var("KTSTR_KERNEL").ok().filter(|v| !v.is_empty());
+    let (value, from) = match (env.as_deref(), requested) {
+        (Some(v), _) => (Some(v), "KTSTR_KERNEL"),
+        (None, Some(r)) => (Some(r), "--kernel"),
+        (None, None) => (None, ""),
+    };
+    let Some(value) = value else {
+        return match cache.default_kernel()? {
+            Some(k) => Ok(k),
+            None => build_kernel(cache, ktstr_kernels::provision::kernel::DEFAULT_VERSION),
+        };
+    };
+    match kernel_from_request(value, cache) {
+        Ok(k) => Ok(k),
+        Err(CacheError::UnknownKernel { name, .. }) if is_version_name(&name) => {
+            build_kernel(cache, &name)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{from}={value}"))),
+    }
+}
+
+/// The kernel name whose cached schedulers fit `kernel`: its own name when
+/// it is cached, else (a directory kernel) the cached kernel of the same
+/// `major.minor` version.
+fn scheduler_kernel(cache: &Cache, kernel: &KernelArtifacts) -> Option<String> {
+    if cache
+        .kernel(&kernel.name)
+        .is_ok_and(|k| k.bzimage == kernel.bzimage)
+    {
+        return Some(kernel.name.clone());
+    }
+    let cfg = std::fs::read_to_string(kernel.config.as_ref()?).ok()?;
+    let v = ktstr_kernels::kconfig::kernel_version(&cfg)?;
+    let short: String = v.split('.').take(2).collect::<Vec<_>>().join(".");
+    cache.kernel(&short).ok().map(|_| short)
+}
+
+fn scheduler(cache: &Cache, kernel: &KernelArtifacts, s: &str) -> anyhow::Result<Option<PathBuf>> {
     if s == "eevdf" || s == "none" {
         return Ok(None);
     }
-    if s.contains('/') {
+    if matches!(KernelRequest::parse(s), KernelRequest::Path(_)) {
         let p = PathBuf::from(s);
-        anyhow::ensure!(p.is_file(), "scheduler {s} does not exist");
+        anyhow::ensure!(p.is_file(), "--scheduler {s}: no such file");
         return Ok(Some(p));
     }
     let dir = std::env::var("KTSTR_SCHED_DIR").ok();
-    match resolve_scheduler(s, kernel, dir.as_deref(), cache) {
+    let sk = scheduler_kernel(cache, kernel);
+    let lookup = sk.as_deref().unwrap_or(&kernel.name);
+    match resolve_scheduler(s, lookup, dir.as_deref(), cache) {
         Ok(p) => Ok(Some(p)),
-        Err(_) if ktstr_test::provision::sched::SCHEDULERS.contains(&s) => {
-            eprintln!(
-                "ktstr: {s} is not built for kernel {kernel}: building the schedulers now (first use)"
-            );
-            let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-            ktstr_test::provision::sched::build(cache, kernel, None, jobs)?;
-            Ok(Some(resolve_scheduler(s, kernel, dir.as_deref(), cache)?))
-        }
-        Err(e) => Err(e.into()),
+        Err(e) if !ktstr_kernels::provision::sched::SCHEDULERS.contains(&s) => Err(e.into()),
+        Err(e) => match sk {
+            Some(k) => {
+                eprintln!(
+                    "ktstr: {s} is not built for kernel {k}: building the schedulers now (first use)"
+                );
+                let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+                ktstr_kernels::provision::sched::build(cache, &k, None, jobs)?;
+                Ok(Some(resolve_scheduler(s, &k, dir.as_deref(), cache)?))
+            }
+            None => Err(anyhow::Error::new(e).context(format!(
+                "{s} has not been built for the kernel in {}: import it (`ktstr kernel import {}`) and \
+                 run `ktstr sched build --kernel NAME`, or pass --scheduler PATH, or set KTSTR_SCHED_DIR",
+                kernel.bzimage.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+                kernel.bzimage.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+            ))),
+        },
     }
 }
 
@@ -172,12 +243,8 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     );
     let cache = cache(&cli.cache_dir)?;
     let kernel = ensure_kernel(&cache, a.kernel.as_deref())?;
-    let sched = scheduler(&cache, &kernel.name, &a.scheduler)?;
-    let args: Vec<String> = a
-        .sched_args
-        .as_deref()
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
+    let sched = scheduler(&cache, &kernel, &a.scheduler)?;
+    let args = a.scheduler_args()?;
     let env = VmEnv { cache, kernel };
     let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let topology = a.topology.unwrap_or(Topology::flat(host.clamp(1, 4)));
@@ -256,7 +323,7 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Inside the guest: run the scenario and send the report.
 pub fn guest_scenario(name: &str) -> anyhow::Result<ExitCode> {
-    let r = ktstr_test::scenario::run_builtin(name)?;
+    let r = ktstr_test::guest::scenario::run_builtin(name)?;
     let passed = r.checks.passed();
     let mut c = ktstr_wire::RelayClient::from_env().map_err(anyhow::Error::msg)?;
     c.send(&ktstr_wire::GuestMsg::TestResult {
@@ -269,4 +336,68 @@ pub fn guest_scenario(name: &str) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(v: &[&str]) -> RunArgs {
+        match crate::cli::Cli::parse_from(std::iter::once("ktstr").chain(v.iter().copied())).command
+        {
+            crate::cli::Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scheduler_args_keep_spaces_and_order() {
+        let a = args(&[
+            "run",
+            "--sched-args",
+            "-t 2 --name 'a b'",
+            "--sched-arg",
+            "--cell name",
+            "--",
+            "-v",
+            "x y",
+        ]);
+        assert_eq!(
+            a.scheduler_args().unwrap(),
+            ["-t", "2", "--name", "a b", "--cell name", "-v", "x y"]
+        );
+        let bad = args(&["run", "--sched-args", "-t 'oops"]);
+        let e = bad.scheduler_args().unwrap_err().to_string();
+        assert!(
+            e.contains("unbalanced quotes") && e.contains("--sched-arg"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_bare_versions_are_built() {
+        for v in ["7.2", "6.12", "10.0"] {
+            assert!(is_version_name(v), "{v}");
+        }
+        for v in ["7", "7.2.13", "7.x", "", ".2", "debian:7.2", "./7.2"] {
+            assert!(!is_version_name(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_kernel_path_typo_is_an_error_not_a_build() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::at(t.path());
+        let e = ensure_kernel(&cache, Some("./no/such/kernel")).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("./no/such/kernel") && msg.contains("no such file"),
+            "{msg}"
+        );
+        assert!(
+            !t.path().join("work").exists(),
+            "nothing was downloaded or built"
+        );
+    }
 }

@@ -56,7 +56,7 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
             };
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            ktstr_test::provision::sched::build(&cache, &k, source.as_deref(), jobs)?;
+            ktstr_kernels::provision::sched::build(&cache, &k, source.as_deref(), jobs)?;
         }
         SchedCmd::Import { dir, kernel } => {
             let k = match kernel {
@@ -76,7 +76,7 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 let data = std::fs::read(&p)?;
-                match ktstr_test::provision::sched::is_static_elf(&data) {
+                match ktstr_kernels::artifact::is_static_elf(&data) {
                     Ok(true) => {}
                     Ok(false) => anyhow::bail!(
                         "{} is not statically linked; test VMs need static schedulers",

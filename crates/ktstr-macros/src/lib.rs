@@ -6,7 +6,7 @@
 //! ```
 //!
 //! expands to an ordinary `#[test] fn my_test()` that calls
-//! `test_support::run_test` of the `ktstr` facade (or of `ktstr-test` when
+//! `__macro_support::run_test` of the `ktstr` facade (or of `ktstr-test` when
 //! the calling crate depends only on that): on the host it boots a VM whose
 //! initramfs carries this test binary; inside the guest the same binary,
 //! started in guest mode, runs only the body.
@@ -86,7 +86,7 @@ fn check_literal(key: &str, v: &Expr) -> syn::Result<()> {
     Ok(())
 }
 
-/// The path of the crate whose `test_support` and `prelude` the expansion
+/// The path of the crate whose `__macro_support` the expansion
 /// calls: the `ktstr` facade when the caller depends on it (or is it: its
 /// tests and examples reach it as `::ktstr`), else `ktstr-test`.
 fn support_crate() -> syn::Result<proc_macro2::TokenStream> {
@@ -242,7 +242,7 @@ fn expand(
         let c = cores.map_or(quote!(2), |v| quote!(#v));
         let t = threads.map_or(quote!(1), |v| quote!(#v));
         fields.push(quote! {
-            topology: #krate::prelude::Topology { nodes: #n, llcs: #l, cores: #c, threads: #t },
+            topology: #krate::__macro_support::Topology { nodes: #n, llcs: #l, cores: #c, threads: #t },
         });
     }
     let name = func.sig.ident.clone();
@@ -260,18 +260,18 @@ fn expand(
 
         #[allow(non_upper_case_globals, dead_code)]
         #[doc(hidden)]
-        const #def_name: #krate::test_support::TestDef = #krate::test_support::TestDef {
+        const #def_name: #krate::__macro_support::TestDef = #krate::__macro_support::TestDef {
             name: ::core::stringify!(#name),
             module: ::core::module_path!(),
             body: #body_name,
             #(#fields)*
-            ..#krate::test_support::TestDef::DEFAULT
+            ..#krate::__macro_support::TestDef::DEFAULT
         };
 
         #(#attrs)*
         #[test]
         #vis fn #name() {
-            #krate::test_support::run_test(&#def_name);
+            #krate::__macro_support::run_test(&#def_name);
         }
     })
 }

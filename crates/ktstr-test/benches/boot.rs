@@ -10,8 +10,8 @@
 //!
 //! Run: `cargo bench -p ktstr-test --bench boot`.
 
-use ktstr_test::initramfs::Initramfs;
-use ktstr_test::vmtest::vm_env;
+use ktstr_test::host::env::vm_env;
+use ktstr_test::host::initramfs::Initramfs;
 use ktstr_vmm::qemu::cmdline::BASE_CMDLINE;
 use ktstr_vmm::{RunningVm, Topology};
 use ktstr_wire::{GuestMsg, read_msg};
@@ -29,7 +29,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn boot_to_hello(env: &ktstr_test::vmtest::VmEnv, initramfs: &std::path::Path) -> Duration {
+fn boot_to_hello(env: &ktstr_test::host::env::VmEnv, initramfs: &std::path::Path) -> Duration {
     let spec = env.spec(
         initramfs.to_path_buf(),
         Topology::flat(2),
@@ -133,7 +133,7 @@ fn main() {
     }
 
     // Freeze + thaw latency while the guest spins on both vCPUs.
-    ktstr_test::vmtest::with_spinning_guest(&env, 2, |vm| {
+    ktstr_test::test_utils::with_spinning_guest(&env, 2, |vm| {
         let mut lat = Vec::new();
         for _ in 0..1000 {
             let t = Instant::now();

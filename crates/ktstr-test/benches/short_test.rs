@@ -5,8 +5,9 @@
 //! Run: `cargo bench -p ktstr-test --bench short_test`. The bench binary is
 //! also the guest payload (it dispatches on KTSTR_GUEST_TEST).
 
+use ktstr_test::def::TestDef;
+use ktstr_test::harness::{GUEST_TEST_ENV, run_test};
 use ktstr_test::prelude::*;
-use ktstr_test::test_support::{GUEST_TEST_ENV, TestDef, run_test};
 use std::time::{Duration, Instant};
 
 fn body(ctx: &Ctx) -> anyhow::Result<AssertResult> {
@@ -31,7 +32,7 @@ fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
-    if ktstr_test::vmtest::vm_env(None).is_none() {
+    if ktstr_test::host::env::vm_env(None).is_none() {
         println!("short_test bench: SKIPPED (no kernel or VM engine)");
         return;
     }

@@ -13,6 +13,7 @@
 
 pub mod console;
 pub mod engine;
+pub mod kernel_log;
 pub mod kvm;
 pub mod probe;
 pub mod qemu;

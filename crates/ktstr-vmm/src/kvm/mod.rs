@@ -343,9 +343,11 @@ impl KvmVm {
     fn finish(&self, e: VmExit) -> VmExit {
         self.teardown();
         match e {
-            VmExit::Reset if self.console.contents().contains("Kernel panic") => VmExit::Panic {
-                console_tail: self.console.tail(4096),
-            },
+            VmExit::Reset if crate::kernel_log::panicked(&self.console.contents()) => {
+                VmExit::Panic {
+                    console_tail: self.console.tail(4096),
+                }
+            }
             VmExit::Panic { console_tail } if console_tail.is_empty() => VmExit::Panic {
                 console_tail: self.console.tail(4096),
             },

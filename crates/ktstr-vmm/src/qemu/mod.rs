@@ -534,9 +534,7 @@ impl QemuVm {
     }
 
     fn panicked_on_console(&self) -> bool {
-        self.console
-            .contents()
-            .contains("Kernel panic - not syncing")
+        crate::kernel_log::panicked(&self.console.contents())
     }
 
     fn classify(&self, ev: &qmp::Event) -> VmExit {

@@ -5,6 +5,7 @@
 use super::kernel::{fetch_source, log_path, tree_version};
 use super::toolchain::SidRoot;
 use super::{ProvisionError, run_logged, tools};
+use crate::artifact::is_static_elf;
 use crate::cache::Cache;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,12 +15,6 @@ type Result<T> = std::result::Result<T, ProvisionError>;
 
 /// The schedulers ktstr builds.
 pub const SCHEDULERS: &[&str] = &["scx_simple", "scx_qmap"];
-
-/// Is an ELF binary static (no PT_INTERP, no DT_NEEDED)?
-pub fn is_static_elf(data: &[u8]) -> std::result::Result<bool, String> {
-    let elf = goblin::elf::Elf::parse(data).map_err(|e| format!("not an ELF: {e}"))?;
-    Ok(elf.interpreter.is_none() && elf.libraries.is_empty())
-}
 
 /// The clang to compile BPF with for a kernel: sid's clang-22 for 7.x
 /// (7.2's `scx_qmap` uses BPF arenas, which clang-19 miscompiles for the

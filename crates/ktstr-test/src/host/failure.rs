@@ -8,8 +8,8 @@
 //! failing that, the dump is taken when guest-init reports the
 //! scheduler's death (each path says so in the dump's provenance).
 
-use crate::cold::frozen_kernel;
-use crate::dump::{
+use crate::host::cold::frozen_kernel;
+use crate::host::dump::{
     FailureDump, PROVENANCE_AFTER_TEARDOWN, PROVENANCE_SAMPLED, PROVENANCE_WATCHPOINT,
     PROVENANCE_WATCHPOINT_DONE, SCX_EXIT_ERROR, capture,
 };
@@ -157,7 +157,7 @@ impl FailureCapture {
                             if let Some(dir) = p.parent() {
                                 let _ = std::fs::create_dir_all(dir);
                             }
-                            match crate::vmcore_dump::write_frozen_vmcore(f, &k, p) {
+                            match crate::host::vmcore_dump::write_frozen_vmcore(f, &k, p) {
                                 Ok(_) => d.vmcore = Some(p.clone()),
                                 Err(e) => tracing::warn!(error = %e, "vmcore at failure"),
                             }
@@ -235,7 +235,7 @@ impl FailureCapture {
                 if let Some(dir) = p.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
-                if crate::vmcore_dump::write_frozen_vmcore(&f, &k, p).is_ok() {
+                if crate::host::vmcore_dump::write_frozen_vmcore(&f, &k, p).is_ok() {
                     d.vmcore = Some(p.clone());
                 }
             }

@@ -40,10 +40,10 @@ pub enum CacheError {
     )]
     NoKernel { cache: PathBuf },
     #[error(
-        "KTSTR_KERNEL={value}: {problem}. It must be a directory holding bzImage and vmlinux, \
-         a bzImage path with vmlinux beside it, or the name of a cached kernel (`ktstr kernel list`)"
+        "kernel `{value}`: {problem}. A kernel path must be a directory holding bzImage and \
+         vmlinux, or a bzImage with vmlinux beside it; a name must be a cached kernel (`ktstr kernel list`)"
     )]
-    BadKernelEnv { value: String, problem: String },
+    BadKernelPath { value: String, problem: String },
     #[error(
         "kernel `{name}` is not in the cache at {cache} (cached: {available}). Run `ktstr kernel build --version {name}` or `ktstr kernel import DIR`"
     )]
@@ -60,8 +60,14 @@ pub enum CacheError {
         kernel: String,
         looked: String,
     },
-    #[error("invalid kernel artifacts in {dir}: {problem}")]
-    Invalid { dir: PathBuf, problem: String },
+    #[error("invalid kernel artifacts in {}: {source}", dir.display())]
+    Invalid {
+        dir: PathBuf,
+        #[source]
+        source: crate::artifact::ArtifactError,
+    },
+    #[error("installing into {}: {problem}", dir.display())]
+    Install { dir: PathBuf, problem: String },
     #[error(
         "invalid kernel name `{0}`: use a short version such as 7.2 or 6.12 (letters, digits, `.`, `-`, `_`)"
     )]
@@ -310,9 +316,8 @@ impl Cache {
             fill(&tmp)?;
             let arts = validate_kernel_dir(&tmp)?;
             let config = fs::read(tmp.join("config")).map_err(io(&tmp))?;
-            let version =
-                crate::provision::config::kernel_version(&String::from_utf8_lossy(&config))
-                    .unwrap_or_else(|| name.to_string());
+            let version = crate::kconfig::kernel_version(&String::from_utf8_lossy(&config))
+                .unwrap_or_else(|| name.to_string());
             let manifest = KernelManifest {
                 name: name.to_string(),
                 version,
@@ -466,7 +471,7 @@ fn derive_name(dir: &Path, config: &str) -> String {
     if validate_name(&base).is_ok() && base.chars().next().is_some_and(|c| c.is_ascii_digit()) {
         return base;
     }
-    match crate::provision::config::kernel_version(config) {
+    match crate::kconfig::kernel_version(config) {
         Some(v) => v.split('.').take(2).collect::<Vec<_>>().join("."),
         None => base,
     }
@@ -475,14 +480,14 @@ fn derive_name(dir: &Path, config: &str) -> String {
 /// Check a directory holds a bootable bzImage and a vmlinux with `.symtab`,
 /// `.strtab` and `.BTF`.
 pub fn validate_kernel_dir(dir: &Path) -> Result<KernelArtifacts> {
-    let invalid = |problem: String| CacheError::Invalid {
+    let invalid = |source| CacheError::Invalid {
         dir: dir.to_path_buf(),
-        problem,
+        source,
     };
     let bzimage = dir.join("bzImage");
     let vmlinux = dir.join("vmlinux");
-    check_bzimage(&bzimage).map_err(invalid)?;
-    check_vmlinux(&vmlinux).map_err(invalid)?;
+    crate::artifact::check_bzimage(&bzimage).map_err(invalid)?;
+    crate::artifact::check_vmlinux(&vmlinux).map_err(invalid)?;
     let config = dir.join("config");
     Ok(KernelArtifacts {
         name: dir
@@ -495,213 +500,10 @@ pub fn validate_kernel_dir(dir: &Path) -> Result<KernelArtifacts> {
     })
 }
 
-/// A bzImage carries the `HdrS` setup-header magic at 0x202.
-pub fn check_bzimage(path: &Path) -> std::result::Result<(), String> {
-    use std::io::Read;
-    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut head = [0u8; 0x210];
-    f.read_exact(&mut head)
-        .map_err(|e| format!("{}: too short for a bzImage: {e}", path.display()))?;
-    if &head[0x202..0x206] != b"HdrS" {
-        return Err(format!(
-            "{} is not a bzImage (no HdrS boot-protocol magic at 0x202)",
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Sections a usable vmlinux must have.
-pub const VMLINUX_SECTIONS: [&str; 3] = [".symtab", ".strtab", ".BTF"];
-
-/// A vmlinux must be an x86-64 ELF with `.symtab`, `.strtab` and `.BTF`.
-pub fn check_vmlinux(path: &Path) -> std::result::Result<(), String> {
-    let data = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let missing = missing_sections(&data).map_err(|e| format!("{}: {e}", path.display()))?;
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} lacks {}: build with CONFIG_DEBUG_INFO_BTF=y and strip only debug info (objcopy --strip-debug)",
-            path.display(),
-            missing.join(", ")
-        ))
-    }
-}
-
-/// Which of [`VMLINUX_SECTIONS`] an ELF image lacks.
-pub fn missing_sections(data: &[u8]) -> std::result::Result<Vec<&'static str>, String> {
-    let elf = goblin::elf::Elf::parse_header(data).map_err(|e| format!("not an ELF file: {e}"))?;
-    if elf.e_machine != goblin::elf::header::EM_X86_64 {
-        return Err(format!("ELF machine {} is not x86-64", elf.e_machine));
-    }
-    let elf = goblin::elf::Elf::parse(data).map_err(|e| format!("malformed ELF: {e}"))?;
-    let names: Vec<&str> = elf
-        .section_headers
-        .iter()
-        .filter_map(|sh| elf.shdr_strtab.get_at(sh.sh_name))
-        .collect();
-    Ok(VMLINUX_SECTIONS
-        .into_iter()
-        .filter(|s| !names.contains(s))
-        .collect())
-}
-
-/// Where `KTSTR_KERNEL` points, resolved to artifacts.
-pub fn kernel_from_env_value(value: &str, cache: &Cache) -> Result<KernelArtifacts> {
-    let bad = |problem: String| CacheError::BadKernelEnv {
-        value: value.to_string(),
-        problem,
-    };
-    let p = Path::new(value);
-    if p.is_dir() {
-        let bz = p.join("bzImage");
-        let vm = p.join("vmlinux");
-        if !bz.is_file() || !vm.is_file() {
-            return Err(bad("the directory lacks bzImage or vmlinux".into()));
-        }
-        let cfg = p.join("config");
-        return Ok(KernelArtifacts {
-            name: p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| value.to_string()),
-            bzimage: bz,
-            vmlinux: vm,
-            config: cfg.is_file().then_some(cfg),
-        });
-    }
-    if p.is_file() {
-        let dir = p.parent().unwrap_or(Path::new("."));
-        let vm = dir.join("vmlinux");
-        if !vm.is_file() {
-            return Err(bad(format!("no vmlinux beside it in {}", dir.display())));
-        }
-        let cfg = dir.join("config");
-        return Ok(KernelArtifacts {
-            name: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| value.to_string()),
-            bzimage: p.to_path_buf(),
-            vmlinux: vm,
-            config: cfg.is_file().then_some(cfg),
-        });
-    }
-    if validate_name(value).is_ok() && cache.kernel_dir(value).join("manifest.json").is_file() {
-        return cache.kernel(value);
-    }
-    Err(bad("no such file, directory or cached kernel".into()))
-}
-
-/// Resolve the kernel to boot: `KTSTR_KERNEL` > an explicit name (a test's
-/// `kernel` attribute, `--kernel`) > the cache's default > an error naming
-/// the command to run.
-pub fn resolve_kernel(
-    env_value: Option<&str>,
-    requested: Option<&str>,
-    cache: &Cache,
-) -> Result<KernelArtifacts> {
-    if let Some(v) = env_value.filter(|v| !v.is_empty()) {
-        return kernel_from_env_value(v, cache);
-    }
-    if let Some(name) = requested {
-        return kernel_from_env_value(name, cache);
-    }
-    cache.default_kernel()?.ok_or(CacheError::NoKernel {
-        cache: cache.root.clone(),
-    })
-}
-
-/// Resolve a scheduler binary by name: `$KTSTR_SCHED_DIR/<name>`, then the
-/// cache's `schedulers/<kernel>/<name>`.
-pub fn resolve_scheduler(
-    name: &str,
-    kernel: &str,
-    sched_dir_env: Option<&str>,
-    cache: &Cache,
-) -> Result<PathBuf> {
-    let mut looked = Vec::new();
-    let mut candidates = Vec::new();
-    if let Some(d) = sched_dir_env.filter(|d| !d.is_empty()) {
-        candidates.push(Path::new(d).join(name));
-    }
-    candidates.push(cache.schedulers_dir(kernel).join(name));
-    for c in candidates {
-        if c.is_file() {
-            return Ok(c);
-        }
-        looked.push(c.display().to_string());
-    }
-    Err(CacheError::NoScheduler {
-        name: name.to_string(),
-        kernel: kernel.to_string(),
-        looked: looked.join(", "),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fake_kernel(dir: &Path, version: &str) {
-        fs::create_dir_all(dir).unwrap();
-        let mut bz = vec![0u8; 0x400];
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        fs::write(dir.join("bzImage"), bz).unwrap();
-        fs::write(
-            dir.join("vmlinux"),
-            tiny_elf(&[".symtab", ".strtab", ".BTF"]),
-        )
-        .unwrap();
-        fs::write(
-            dir.join("config"),
-            format!("#\n# Linux/x86 {version} Kernel Configuration\n#\nCONFIG_A=y\n"),
-        )
-        .unwrap();
-    }
-
-    /// A minimal x86-64 ELF with the given (empty) sections.
-    fn tiny_elf(sections: &[&str]) -> Vec<u8> {
-        let mut shstr = vec![0u8];
-        let mut offs = Vec::new();
-        for s in sections.iter().chain([&".shstrtab"]) {
-            offs.push(shstr.len() as u32);
-            shstr.extend_from_slice(s.as_bytes());
-            shstr.push(0);
-        }
-        let nsec = sections.len() + 2; // null + sections + shstrtab
-        let shstr_off = 64u64;
-        let shoff = (shstr_off + shstr.len() as u64).next_multiple_of(8);
-        let mut out = vec![0u8; 64];
-        out[0..4].copy_from_slice(b"\x7fELF");
-        out[4] = 2; // 64-bit
-        out[5] = 1; // little-endian
-        out[6] = 1;
-        out[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        out[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-        out[20..24].copy_from_slice(&1u32.to_le_bytes());
-        out[40..48].copy_from_slice(&shoff.to_le_bytes());
-        out[52..54].copy_from_slice(&64u16.to_le_bytes());
-        out[58..60].copy_from_slice(&64u16.to_le_bytes());
-        out[60..62].copy_from_slice(&(nsec as u16).to_le_bytes());
-        out[62..64].copy_from_slice(&((nsec - 1) as u16).to_le_bytes());
-        out.extend_from_slice(&shstr);
-        out.resize(shoff as usize, 0);
-        out.extend_from_slice(&[0u8; 64]); // null section
-        for (i, name_off) in offs.iter().enumerate() {
-            let mut sh = [0u8; 64];
-            sh[0..4].copy_from_slice(&name_off.to_le_bytes());
-            let is_shstr = i == sections.len();
-            sh[4..8].copy_from_slice(&(if is_shstr { 3u32 } else { 1u32 }).to_le_bytes());
-            if is_shstr {
-                sh[24..32].copy_from_slice(&shstr_off.to_le_bytes());
-                sh[32..40].copy_from_slice(&(shstr.len() as u64).to_le_bytes());
-            }
-            out.extend_from_slice(&sh);
-        }
-        out
-    }
+    use crate::fixtures::{fake_kernel, tiny_elf};
 
     #[test]
     fn cache_root_order() {
@@ -779,86 +581,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("bzImage"), "{msg}");
-    }
-
-    #[test]
-    fn resolution_order_and_errors() {
-        let t = tempfile::tempdir().unwrap();
-        let cache = Cache::at(t.path().join("cache"));
-        let err = resolve_kernel(None, None, &cache).unwrap_err().to_string();
-        assert!(
-            err.contains("ktstr kernel build") && err.contains("ktstr kernel import"),
-            "{err}"
-        );
-
-        fake_kernel(&t.path().join("src/6.12"), "6.12.117");
-        fake_kernel(&t.path().join("src/7.2"), "7.2.13");
-        cache
-            .import_kernel(&t.path().join("src/6.12"), None)
-            .unwrap();
-        cache
-            .import_kernel(&t.path().join("src/7.2"), None)
-            .unwrap();
-        // Cache default: newest.
-        assert_eq!(resolve_kernel(None, None, &cache).unwrap().name, "7.2");
-        // Requested name beats the default.
-        assert_eq!(
-            resolve_kernel(None, Some("6.12"), &cache).unwrap().name,
-            "6.12"
-        );
-        // KTSTR_KERNEL beats both: a directory, a bzImage path, a cached name.
-        let own = t.path().join("own");
-        fake_kernel(&own, "7.3.0");
-        let d = own.to_string_lossy().into_owned();
-        assert_eq!(
-            resolve_kernel(Some(&d), Some("6.12"), &cache)
-                .unwrap()
-                .bzimage,
-            own.join("bzImage")
-        );
-        let bz = own.join("bzImage").to_string_lossy().into_owned();
-        assert_eq!(
-            resolve_kernel(Some(&bz), None, &cache).unwrap().vmlinux,
-            own.join("vmlinux")
-        );
-        assert_eq!(
-            resolve_kernel(Some("6.12"), None, &cache).unwrap().name,
-            "6.12"
-        );
-        let err = resolve_kernel(Some("/nonexistent/k"), None, &cache)
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("KTSTR_KERNEL=/nonexistent/k"), "{err}");
-        let err = resolve_kernel(None, Some("5.15"), &cache)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("7.2, 6.12") || err.contains("no such"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn scheduler_resolution() {
-        let t = tempfile::tempdir().unwrap();
-        let cache = Cache::at(t.path().join("cache"));
-        let bin = t.path().join("scx_simple");
-        fs::write(&bin, b"\x7fELF").unwrap();
-        let err = resolve_scheduler("scx_simple", "7.2", None, &cache)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("ktstr sched build --kernel 7.2"), "{err}");
-        let installed = cache.install_scheduler("7.2", "scx_simple", &bin).unwrap();
-        assert_eq!(
-            resolve_scheduler("scx_simple", "7.2", None, &cache).unwrap(),
-            installed
-        );
-        let own = t.path().to_string_lossy().into_owned();
-        assert_eq!(
-            resolve_scheduler("scx_simple", "7.2", Some(&own), &cache).unwrap(),
-            bin
-        );
-        assert_eq!(cache.list_schedulers("7.2").unwrap(), vec![installed]);
     }
 
     #[test]

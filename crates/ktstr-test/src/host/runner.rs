@@ -3,10 +3,10 @@
 //! with cold-path ops and the failure watch, then a [`VmResult`] and a
 //! verdict. The library API behind `#[ktstr_test]` and the CLI.
 
-use crate::cold::ColdOps;
-use crate::initramfs::Initramfs;
-use crate::test_support::VmResult;
-use crate::vmtest::{VmEnv, kernel_image};
+use crate::host::cold::ColdOps;
+use crate::host::env::{VmEnv, kernel_image};
+use crate::host::initramfs::Initramfs;
+use crate::result::VmResult;
 use ktstr_vmm::{Topology, VmExit};
 use ktstr_wire::{Phase, RunSpec, SchedSpec};
 use std::path::PathBuf;
@@ -82,9 +82,11 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     );
-    let dump_dir = crate::dump::dump_root().join(format!("{}-{id}", req.name));
-    let mut fc =
-        crate::failure::FailureCapture::new(image, req.vmcore.then(|| dump_dir.join("vmcore")));
+    let dump_dir = crate::host::dump::dump_root().join(format!("{}-{id}", req.name));
+    let mut fc = crate::host::failure::FailureCapture::new(
+        image,
+        req.vmcore.then(|| dump_dir.join("vmcore")),
+    );
     let (r, _vm) = env.run_with_hooks(
         &init,
         t,
@@ -101,9 +103,9 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
     };
     let dump = fc.take().map(|mut d| {
         d.test = req.name.clone();
-        d.exit_reason = crate::dump::exit_lines(&r.console);
-        if d.exit_kind < crate::dump::SCX_EXIT_ERROR
-            && let Some((k, n)) = crate::dump::kind_from_reason(&d.exit_reason)
+        d.exit_reason = crate::host::dump::exit_lines(&r.console);
+        if d.exit_kind < crate::host::dump::SCX_EXIT_ERROR
+            && let Some((k, n)) = crate::host::dump::kind_from_reason(&d.exit_reason)
         {
             d.exit_kind = k;
             d.exit_kind_name = n.to_string();
@@ -118,7 +120,7 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
     let crash_message = match &r.vm_exit {
         VmExit::Panic { console_tail } => Some(console_tail.clone()),
         VmExit::EngineError(e) => Some(e.clone()),
-        _ => crate::test_support::kernel_problem(&r.console),
+        _ => crate::harness::kernel_problem(&r.console),
     };
     let guest_result = r
         .test_result
@@ -151,7 +153,7 @@ pub fn judge(vr: &VmResult, expect_err: bool, expect_contains: Option<&str>) -> 
     let errored = vr
         .dump
         .as_ref()
-        .is_some_and(|d| d.exit_kind >= crate::dump::SCX_EXIT_ERROR);
+        .is_some_and(|d| d.exit_kind >= crate::host::dump::SCX_EXIT_ERROR);
     let phase = |p: Phase| {
         vr.lifecycle
             .iter()

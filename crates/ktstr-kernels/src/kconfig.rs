@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 /// The fragment kept in this repository (`assets/ktstr.config`).
-pub const FRAGMENT: &str = include_str!("../../assets/ktstr.config");
+pub const FRAGMENT: &str = include_str!("../assets/ktstr.config");
 
 /// What the fragment asks of one option.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,14 +1,13 @@
 //! Provisioning: building test kernels and sched_ext schedulers from
 //! Debian's `linux-source-*` packages into the cache.
 //!
-//! Submodules: [`config`] (fragment + verification), [`apt`] (private
-//! apt state for other suites), [`tools`] (build prerequisites),
+//! Submodules: [`apt`] (private apt state for other suites), [`tools`] (build prerequisites),
 //! [`kernel`] (`ktstr kernel build`), [`sched`] (`ktstr sched build`).
 //! Long steps run with their output in a log file and a spinner on a
-//! terminal; a failure names the log and prints its tail.
+//! terminal; a failure names the log and prints its tail. The config
+//! fragment and its verification live in [`crate::kconfig`].
 
 pub mod apt;
-pub mod config;
 pub mod kernel;
 pub mod sched;
 pub mod toolchain;

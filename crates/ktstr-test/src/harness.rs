@@ -3,122 +3,14 @@
 //! this very test binary, and inside the guest runs only the body.
 
 use crate::assert::AssertResult;
-use crate::cold::SnapshotBridge;
-use crate::scenario::Ctx;
-use crate::vmtest::vm_env;
-use ktstr_vmm::Topology;
-use ktstr_wire::Phase;
+use crate::def::{SchedulerSpec, TestDef};
+use crate::guest::ctx::Ctx;
+use crate::host::env::vm_env;
+use crate::result::VmResult;
 use std::path::PathBuf;
 
 /// Env var naming the test to run in guest mode.
 pub const GUEST_TEST_ENV: &str = "KTSTR_GUEST_TEST";
-
-/// Where a scheduler binary comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchedulerSpec {
-    /// By name through `KTSTR_SCHED_DIR` and the cache.
-    Discover(&'static str),
-    /// An explicit host path.
-    Path(&'static str),
-}
-
-/// A scheduler under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scheduler {
-    pub name: &'static str,
-    pub binary: SchedulerSpec,
-    pub args: &'static [&'static str],
-}
-
-impl Scheduler {
-    pub const fn named(name: &'static str) -> Self {
-        Self {
-            name,
-            binary: SchedulerSpec::Discover(name),
-            args: &[],
-        }
-    }
-    pub const fn binary(mut self, b: SchedulerSpec) -> Self {
-        self.binary = b;
-        self
-    }
-    pub const fn args(mut self, a: &'static [&'static str]) -> Self {
-        self.args = a;
-        self
-    }
-}
-
-/// Everything the host learns from a run.
-#[derive(Debug, Clone)]
-pub struct VmResult {
-    pub exit_code: i32,
-    pub timed_out: bool,
-    /// Kernel panic / oops text, or an engine failure.
-    pub crash_message: Option<String>,
-    pub guest_result: Option<AssertResult>,
-    /// The payload's raw result JSON (tests: an AssertResult; `ktstr run`:
-    /// a scenario report).
-    pub guest_json: Option<String>,
-    pub console: String,
-    pub sched_log: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub lifecycle: Vec<(Phase, String)>,
-    /// A protocol or channel problem, if any.
-    pub session_error: Option<String>,
-    pub snapshot_bridge: SnapshotBridge,
-    /// Directory of the failure dump (`dump.json`, `dump.txt`), if the
-    /// scheduler failed.
-    pub failure_dump: Option<PathBuf>,
-    /// The failure dump itself.
-    pub dump: Option<crate::dump::FailureDump>,
-}
-
-/// A test body.
-pub type Body = fn(&Ctx) -> anyhow::Result<AssertResult>;
-/// A host-side check after the VM ended.
-pub type PostVm = fn(&VmResult) -> anyhow::Result<()>;
-
-/// One `#[ktstr_test]`.
-#[derive(Debug, Clone, Copy)]
-pub struct TestDef {
-    pub name: &'static str,
-    /// `module_path!()` where the test was defined.
-    pub module: &'static str,
-    pub body: Body,
-    pub scheduler: Option<Scheduler>,
-    pub extra_sched_args: &'static [&'static str],
-    pub topology: Topology,
-    pub memory_mb: u32,
-    pub duration_s: u64,
-    pub watchdog_timeout_s: u64,
-    pub post_vm: Option<PostVm>,
-    pub expect_err: bool,
-    /// With `expect_err`: the scheduler's exit reason must contain this.
-    pub expect_scx_bpf_error_contains: Option<&'static str>,
-    /// Also write a vmcore at the instant of failure (or `KTSTR_VMCORE=1`).
-    pub vmcore: bool,
-    pub kernel: Option<&'static str>,
-}
-
-impl TestDef {
-    pub const DEFAULT: TestDef = TestDef {
-        name: "",
-        module: "",
-        body: |_| Ok(AssertResult::pass()),
-        scheduler: None,
-        extra_sched_args: &[],
-        topology: Topology::flat(2),
-        memory_mb: 512,
-        duration_s: 3,
-        watchdog_timeout_s: 30,
-        post_vm: None,
-        expect_err: false,
-        expect_scx_bpf_error_contains: None,
-        vmcore: false,
-        kernel: None,
-    };
-}
 
 /// Run a test: the body in guest mode, or a whole VM on the host.
 pub fn run_test(def: &TestDef) {
@@ -226,7 +118,7 @@ fn host_mode(def: &TestDef) {
     });
     let payload = payload_binary(&env.cache.root().join("payloads"))
         .unwrap_or_else(|e| panic!("test binary: {e}"));
-    let req = crate::runner::RunRequest {
+    let req = crate::host::runner::RunRequest {
         name: def.name.to_string(),
         scheduler,
         topology: def.topology,
@@ -243,8 +135,9 @@ fn host_mode(def: &TestDef) {
         payload_env: vec![(GUEST_TEST_ENV.into(), exact_name(def))],
         vmcore: def.vmcore || std::env::var("KTSTR_VMCORE").is_ok_and(|v| v == "1"),
     };
-    let vr = crate::runner::run(&env, &req).unwrap_or_else(|e| panic!("{e}"));
-    let mut failures = crate::runner::judge(&vr, def.expect_err, def.expect_scx_bpf_error_contains);
+    let vr = crate::host::runner::run(&env, &req).unwrap_or_else(|e| panic!("{e}"));
+    let mut failures =
+        crate::host::runner::judge(&vr, def.expect_err, def.expect_scx_bpf_error_contains);
     if let Some(post) = def.post_vm
         && let Err(e) = post(&vr)
     {
@@ -255,31 +148,8 @@ fn host_mode(def: &TestDef) {
     }
 }
 
-/// A guest kernel problem is never a pass: oops, BUG, WARNING, panic.
+/// A guest kernel problem is never a pass: oops, BUG, WARNING, panic
+/// (the rules live in [`ktstr_vmm::kernel_log`]).
 pub fn kernel_problem(console: &str) -> Option<String> {
-    let pats = [
-        "Kernel panic",
-        "Oops:",
-        "BUG:",
-        "WARNING:",
-        "general protection fault",
-    ];
-    let lines: Vec<&str> = console.lines().collect();
-    let i = lines
-        .iter()
-        .position(|l| pats.iter().any(|p| l.contains(p)))?;
-    Some(lines[i..(i + 25).min(lines.len())].join("\n"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_problems_are_found() {
-        assert!(kernel_problem("[ 1.0] ok\n[ 2.0] all fine\n").is_none());
-        let c = "[ 1.0] ok\n[ 2.0] WARNING: CPU: 1 PID: 5 at kernel/sched/ext.c:42\n[ 2.1] trace\n";
-        assert!(kernel_problem(c).unwrap().starts_with("[ 2.0] WARNING"));
-        assert!(kernel_problem("BUG: kernel NULL pointer dereference").is_some());
-    }
+    ktstr_vmm::kernel_log::find_problem(console).map(|p| p.excerpt)
 }

@@ -4,8 +4,9 @@
 
 use super::apt::{self, PrivateApt};
 use super::toolchain::{self, SidRoot};
-use super::{ProvisionError, config, run_logged, tools};
+use super::{ProvisionError, run_logged, tools};
 use crate::cache::{Cache, KernelManifest, validate_name};
+use crate::kconfig as config;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -271,7 +272,7 @@ pub fn build(cache: &Cache, opts: &KernelBuildOptions) -> Result<KernelManifest>
                 source: e,
             })?;
         if !status.success() {
-            return Err(crate::cache::CacheError::Invalid {
+            return Err(crate::cache::CacheError::Install {
                 dir: tmp.to_path_buf(),
                 problem: format!("objcopy --strip-debug failed: {status}"),
             });

@@ -114,7 +114,7 @@ impl Initramfs {
     /// just themselves.
     pub fn add_executable_with_libs(&mut self, guest: &str, host: &Path) -> Result<Vec<PathBuf>> {
         self.add_file(guest, host)?;
-        let libs = crate::libs::closure(host).map_err(InitramfsError::Invalid)?;
+        let libs = crate::host::libs::closure(host).map_err(InitramfsError::Invalid)?;
         for l in &libs {
             let g = l.to_string_lossy().into_owned();
             self.add_file(&g, l)?;
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn guest_init_is_static() {
         assert!(
-            crate::provision::sched::is_static_elf(GUEST_INIT).unwrap(),
+            ktstr_kernels::artifact::is_static_elf(GUEST_INIT).unwrap(),
             "guest-init must be static"
         );
     }

@@ -145,11 +145,7 @@ pub fn run_with_hooks(
                 break;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if vm
-                    .console()
-                    .contents()
-                    .contains("Kernel panic - not syncing")
-                {
+                if ktstr_vmm::kernel_log::panicked(&vm.console().contents()) {
                     break;
                 }
                 // The VM may have died or timed out; wait() decides below.

@@ -1,0 +1,18 @@
+//! The host side: boot a VM with the right initramfs, speak the session
+//! protocol with guest-init, answer cold-path kernel ops, catch scheduler
+//! failures at their instant and write the dumps.
+//!
+//! [`env`] (kernel + engine, or why not), [`initramfs`] and [`libs`] (what
+//! the guest boots), [`session`] (the protocol), [`runner`] (one run end
+//! to end), [`cold`] (kernel ops), [`failure`] + [`dump`] +
+//! [`vmcore_dump`] (failure capture).
+
+pub mod cold;
+pub mod dump;
+pub mod env;
+pub mod failure;
+pub mod initramfs;
+pub mod libs;
+pub mod runner;
+pub mod session;
+pub mod vmcore_dump;
