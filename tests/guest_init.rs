@@ -156,7 +156,7 @@ fn cold_path_kernel_ops_round_trip_and_refusals() {
             256,
             Duration::from_secs(120),
             &run,
-            &mut |vm, h, ops| cold.handle(vm, h, ops),
+            &mut cold,
         )
         .unwrap();
     let out = r.stdout_text();

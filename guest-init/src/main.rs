@@ -200,6 +200,9 @@ fn run() -> Result<(), String> {
         detail: spec.payload_argv.join(" "),
     });
     let code = payload::run(&link, &spec, track);
+    if !payload::drain_relay(Duration::from_secs(5)) {
+        say("the payload's relay connections did not finish within 5 s after it exited");
+    }
     link.send(&GuestMsg::Lifecycle {
         phase: Phase::PayloadFinished,
         detail: format!("exit code {code}"),

@@ -1,6 +1,11 @@
 //! Running the payload: its output relayed to the host in bounded chunks,
 //! its cold-path kernel-op requests relayed over a local Unix socket (so
 //! the payload never needs to know the transport), its timeout enforced.
+//!
+//! Ordering: what the payload sent over the relay (its result above all)
+//! reaches the host before `Exit`. After the payload exits,
+//! [`drain_relay`] waits until the accept loop has swept the listener
+//! after the exit and every relay connection has been read to its end.
 
 use crate::link::Link;
 use crate::sys;
@@ -9,8 +14,8 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Where the payload connects for kernel ops and results
@@ -18,6 +23,43 @@ use std::time::Duration;
 pub const RELAY_SOCK: &str = "/run/ktstr-relay.sock";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Relay bookkeeping: connections being served, and accept-loop sweeps.
+#[derive(Default)]
+struct RelayState {
+    active: u32,
+    sweeps: u64,
+}
+
+static RELAY: Mutex<RelayState> = Mutex::new(RelayState {
+    active: 0,
+    sweeps: 0,
+});
+static RELAY_CV: Condvar = Condvar::new();
+
+fn relay_state() -> std::sync::MutexGuard<'static, RelayState> {
+    RELAY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Wait (at most `max`) until everything the exited payload sent over the
+/// relay has been forwarded: two accept-loop sweeps after now (so a
+/// connection still in the backlog was taken) and no connection left.
+pub fn drain_relay(max: Duration) -> bool {
+    let deadline = std::time::Instant::now() + max;
+    let mut s = relay_state();
+    let start = s.sweeps;
+    while s.sweeps < start.saturating_add(2) || s.active > 0 {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        s = RELAY_CV
+            .wait_timeout(s, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    true
+}
 
 /// Serve one payload connection: forward its messages; answer its kernel-op
 /// requests with the host's replies.
@@ -46,19 +88,44 @@ fn serve(link: Arc<Link>, mut conn: UnixStream) {
     }
 }
 
-/// Start the relay listener.
+/// Start the relay listener: a loop that polls the listener, accepts
+/// what is pending, and counts each sweep (see [`drain_relay`]).
 pub fn start_relay(link: Arc<Link>) -> std::io::Result<()> {
-    let _ = std::fs::create_dir_all("/run");
-    let _ = std::fs::remove_file(RELAY_SOCK);
-    let l = UnixListener::bind(RELAY_SOCK)?;
+    start_relay_at(link, RELAY_SOCK)
+}
+
+fn start_relay_at(link: Arc<Link>, path: &str) -> std::io::Result<()> {
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    l.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("relay".into())
         .spawn(move || {
-            for conn in l.incoming().flatten() {
-                let link = link.clone();
-                let _ = std::thread::Builder::new()
-                    .name("relay-conn".into())
-                    .spawn(move || serve(link, conn));
+            loop {
+                let _ = sys::poll_readable(l.as_raw_fd(), 20);
+                let mut s = relay_state();
+                while let Ok((conn, _)) = l.accept() {
+                    let _ = conn.set_nonblocking(false);
+                    let link = link.clone();
+                    s.active += 1;
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("relay-conn".into())
+                            .spawn(move || {
+                                serve(link, conn);
+                                relay_state().active -= 1;
+                                RELAY_CV.notify_all();
+                            });
+                    if spawned.is_err() {
+                        s.active -= 1;
+                    }
+                }
+                s.sweeps += 1;
+                drop(s);
+                RELAY_CV.notify_all();
             }
         })?;
     Ok(())
@@ -147,4 +214,52 @@ pub fn run(link: &Arc<Link>, spec: &RunSpec, track: impl Fn(i32)) -> i32 {
         let _ = p.join();
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktstr_wire::{GuestMsg, RelayClient};
+    use std::os::fd::OwnedFd;
+
+    /// The race behind "the guest sent no scenario report": the payload
+    /// sends its result over the relay and exits at once; guest-init then
+    /// sends `Exit`. Hundreds of rounds: the result always comes first.
+    #[test]
+    fn a_result_sent_just_before_exit_always_precedes_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("relay.sock");
+        let (guest_end, mut host_end) = UnixStream::pair().unwrap();
+        let file = std::fs::File::from(OwnedFd::from(guest_end));
+        let (link, _rx) = Link::start(file).unwrap();
+        start_relay_at(link.clone(), sock.to_str().unwrap()).unwrap();
+        let rounds = 300;
+        for i in 0..rounds {
+            // The payload: connect, send the result, exit (drop).
+            let mut c = RelayClient::connect(sock.to_str().unwrap()).unwrap();
+            c.send(&GuestMsg::TestResult {
+                passed: true,
+                json: format!("{i}"),
+            })
+            .unwrap();
+            drop(c);
+            // guest-init: the payload exited; drain, then Exit.
+            assert!(
+                drain_relay(Duration::from_secs(5)),
+                "round {i}: drain timed out"
+            );
+            link.send(&GuestMsg::Exit { code: i });
+            let first: GuestMsg = read_msg(&mut host_end).unwrap();
+            assert_eq!(
+                first,
+                GuestMsg::TestResult {
+                    passed: true,
+                    json: format!("{i}")
+                },
+                "round {i}"
+            );
+            let second: GuestMsg = read_msg(&mut host_end).unwrap();
+            assert_eq!(second, GuestMsg::Exit { code: i }, "round {i}");
+        }
+    }
 }

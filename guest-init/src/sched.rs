@@ -39,9 +39,14 @@ enum Attach {
     Attached(String),
     Timeout,
     SysfsAbsent,
+    /// The scheduler exited while we waited.
+    Died,
 }
 
-fn wait_attached(timeout: Duration, force_absent: bool) -> Attach {
+/// Wait for `root/ops`, and for the scheduler's death (`pidfd` readable)
+/// at the same time: a scheduler that exits after the liveness gate is
+/// reported at once, not as a timeout.
+fn wait_attached(timeout: Duration, force_absent: bool, pidfd: Option<i32>) -> Attach {
     if force_absent || std::fs::metadata(SCHED_EXT_DIR).is_err() {
         return Attach::SysfsAbsent;
     }
@@ -50,6 +55,9 @@ fn wait_attached(timeout: Duration, force_absent: bool) -> Attach {
     loop {
         if let Some(ops) = attached_ops() {
             return Attach::Attached(ops);
+        }
+        if pidfd.is_some_and(|fd| sys::poll_readable(fd, 0).unwrap_or(false)) {
+            return Attach::Died;
         }
         let now = Instant::now();
         if now >= deadline {
@@ -85,34 +93,39 @@ pub fn start(spec: &SchedSpec, force_absent: bool, track: impl Fn(i32)) -> Start
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => return Started::Died(format!("could not start {}: {e}", spec.path)),
+        Err(e) => {
+            let hint = if std::path::Path::new(&spec.path).is_file() {
+                " (the file is there: its ELF interpreter or a library it names is missing)"
+            } else {
+                ""
+            };
+            return Started::Died(format!("could not start {}: {e}{hint}", spec.path));
+        }
     };
     let pid = child.id() as i32;
     track(pid);
+    let started = Instant::now();
+    let pidfd = sys::pidfd_open(pid).ok();
+    let fd = pidfd.as_ref().map(|f| f.as_raw_fd());
     // Liveness gate: stay alive for liveness_ms, watched via pidfd.
     let live = Duration::from_millis(if spec.liveness_ms == 0 {
         1000
     } else {
         spec.liveness_ms
     });
-    let died = match sys::pidfd_open(pid) {
-        Ok(fd) => sys::poll_readable(fd.as_raw_fd(), live.as_millis() as i32).unwrap_or(false),
-        Err(_) => {
+    let died = match fd {
+        Some(fd) => sys::poll_readable(fd, live.as_millis() as i32).unwrap_or(false),
+        None => {
             std::thread::sleep(live);
             matches!(child.try_wait(), Ok(Some(_)))
         }
     };
     if died {
-        let status = child
-            .wait()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string());
-        return Started::Died(format!(
-            "scheduler {} {status} within the {} ms liveness gate. Likely causes: BPF verifier \
-             rejection or libbpf load failure (look for 'libbpf'/'verifier' in its log), a kernel \
-             without CONFIG_SCHED_CLASS_EXT, a crash at init, or bad arguments",
-            spec.path,
-            live.as_millis()
+        return Started::Died(death_detail(
+            &spec.path,
+            &mut child,
+            started,
+            "within the liveness gate",
         ));
     }
     let attach = Duration::from_millis(if spec.attach_timeout_ms == 0 {
@@ -120,8 +133,20 @@ pub fn start(spec: &SchedSpec, force_absent: bool, track: impl Fn(i32)) -> Start
     } else {
         spec.attach_timeout_ms
     });
-    match wait_attached(attach, force_absent) {
-        Attach::Attached(ops) => Started::Attached { child, ops },
+    match wait_attached(attach, force_absent, fd) {
+        Attach::Attached(ops) => Started::Attached {
+            child,
+            ops: format!(
+                "{ops} (attached after {} ms)",
+                started.elapsed().as_millis()
+            ),
+        },
+        Attach::Died => Started::Died(death_detail(
+            &spec.path,
+            &mut child,
+            started,
+            "before attaching",
+        )),
         other => {
             let _ = child.kill();
             let _ = child.wait();
@@ -132,12 +157,33 @@ pub fn start(spec: &SchedSpec, force_absent: bool, track: impl Fn(i32)) -> Start
                 ),
                 _ => format!(
                     "timeout: the scheduler stayed alive but {ROOT_OPS} stayed empty for {} ms \
-                     (a slow BPF load on a loaded host, or a program that never attaches); it was killed",
+                     (a slow BPF load on a loaded host: raise the attach timeout, e.g. \
+                     --attach-timeout 300s; or a program that never attaches); it was killed",
                     attach.as_millis()
                 ),
             })
         }
     }
+}
+
+/// Why the scheduler died, in its own words where it left any: the exit
+/// status, the time, and the cause the log names (a missing kernel
+/// option, the dynamic loader, the BPF verifier, libbpf).
+fn death_detail(path: &str, child: &mut Child, started: Instant, when: &str) -> String {
+    let status = child
+        .wait()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    let log = String::from_utf8_lossy(&log_tail(64 * 1024)).into_owned();
+    let cause = ktstr_wire::sched_diag::likely_cause(&log).unwrap_or_else(|| {
+        "no cause in its log: a BPF verifier rejection or libbpf load failure, a kernel \
+         without CONFIG_SCHED_CLASS_EXT, a crash at init, or bad arguments"
+            .into()
+    });
+    format!(
+        "scheduler {path} {status} {when} ({} ms after start): {cause}",
+        started.elapsed().as_millis()
+    )
 }
 
 /// The scheduler log (bounded).

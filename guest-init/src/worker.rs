@@ -319,6 +319,19 @@ pub fn run(hex: &str) -> i32 {
         m.r.wake_latency_ns = vec![p(50), p(90), p(99)];
     }
     m.r.cpus.sort_unstable();
-    println!("KTSTR-WORKER {}", to_hex(&m.r));
-    0
+    // Never panic on a closed or failing stdout (println! would): the
+    // test side reports a worker whose report is missing.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "KTSTR-WORKER {}", to_hex(&m.r)).and_then(|_| out.flush()) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "worker {}: could not write its report: {e}",
+                spec.index
+            );
+            3
+        }
+    }
 }

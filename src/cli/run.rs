@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// Also write a vmcore at the instant of a scheduler failure.
     #[arg(long)]
     pub vmcore: bool,
+    /// How long the scheduler may take to attach (e.g. 60s) [default: 120s
+    /// under TCG, where verifying a large BPF program takes tens of
+    /// seconds; 10s with native KVM].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub attach_timeout: Option<std::time::Duration>,
     /// Scheduler arguments after `--`, as is (appended last).
     #[arg(last = true, value_name = "SCHED_ARGS")]
     pub trailing_sched_args: Vec<String>,
@@ -262,6 +267,8 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
             a.duration.as_millis().to_string(),
         )],
         vmcore: a.vmcore,
+        attach_timeout: a.attach_timeout,
+        capture: ktstr_test::host::failure::CaptureMode::from_env(),
     };
     eprintln!(
         "ktstr: kernel {} | scheduler {} | topology {} | {} for {:?}",
@@ -288,6 +295,7 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
                 "passed": failures.is_empty(),
                 "failures": failures,
                 "dump": vr.failure_dump,
+                "scheduler_log": ktstr_wire::sched_diag::relevant_lines(&vr.sched_log),
             }))?
         );
     } else {

@@ -256,13 +256,7 @@ impl<M: PhysMem> Collector<'_, M> {
         let k = self.k;
         let btf = k.image().btf();
         let kinds = btf.enum_variants("scx_exit_kind");
-        let kind_name = |v: u32| {
-            kinds
-                .iter()
-                .find(|(_, x)| *x == v as i64)
-                .map(|(n, _)| n.clone())
-                .unwrap_or_else(|| format!("{v}"))
-        };
+        let kind_name = |v: u32| crate::scx_exit::ExitKind(v).name(&kinds);
         let enable_state = ["scx_enable_state_var", "scx_ops_enable_state_var"]
             .iter()
             .find_map(|s| k.sym_u32(s).ok())

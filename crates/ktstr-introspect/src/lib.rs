@@ -16,6 +16,7 @@ pub mod mem;
 pub mod offsets;
 pub mod regs;
 pub mod render;
+pub mod scx_exit;
 pub mod snapshot;
 pub mod symbols;
 pub mod synth;

@@ -13,6 +13,7 @@
 
 pub mod console;
 pub mod engine;
+pub mod frozen;
 pub mod kernel_log;
 pub mod kvm;
 pub mod probe;
@@ -21,21 +22,49 @@ pub mod ram;
 pub mod spec;
 pub mod vm;
 pub mod watch;
+pub mod x86;
 
 pub use console::Console;
 pub use engine::EngineKind;
 pub use spec::{Topology, VmExit, VmSpec};
 pub use vm::{Frozen, RunningVm};
 
-/// A VM-level failure.
-#[derive(Debug, Clone, thiserror::Error)]
+/// A VM-level failure. Callers branch on the kind: `Unavailable` means
+/// this host cannot run the engine (a test skips), `Spec` is the caller's
+/// mistake, the rest are failures of a VM that was meant to run; typed
+/// sources (QMP, gdbstub, I/O, KVM) are kept.
+#[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("invalid VM spec: {0}")]
     Spec(String),
     #[error("VM engine unavailable: {0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Qmp(#[from] qemu::qmp::QmpError),
+    #[error(transparent)]
+    Gdb(#[from] qemu::gdb::GdbError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Kvm {
+        what: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("VM engine error: {0}")]
     Engine(String),
-    #[error("I/O: {0}")]
-    Io(String),
+}
+
+impl VmError {
+    /// An I/O failure while doing `what`.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| VmError::Io { what, source }
+    }
 }

@@ -4,7 +4,7 @@
 //! setups like this project's build machines) about a second. The result
 //! is cached per host boot (`/proc/sys/kernel/random/boot_id`).
 
-use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,6 @@ pub struct ProbeResult {
 const MEM: u64 = 0x20_0000;
 const CODE: u64 = 0x1000;
 const PML4: u64 = 0x2000;
-const PDPT: u64 = 0x3000;
-const PD: u64 = 0x4000;
 const GDT: u64 = 0x5000;
 
 /// Run the probe now (no cache).
@@ -88,17 +86,13 @@ fn probe_inner() -> Result<f64, String> {
     code.extend_from_slice(&ITERATIONS.to_le_bytes());
     code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xf4]);
     put(CODE, &code);
-    // Identity-map the first 2 MiB with one large page.
-    put(PML4, &(PDPT | 3).to_le_bytes());
-    put(PDPT, &(PD | 3).to_le_bytes());
-    put(PD, &(0x83u64).to_le_bytes());
-    // GDT: null, 64-bit code (0x08), data (0x10).
-    put(
-        GDT,
-        &[0u64, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff]
-            .map(u64::to_le_bytes)
-            .concat(),
-    );
+    // Identity-map (only the first 2 MiB page is backed), then the GDT:
+    // null, 64-bit code (0x08), data (0x10).
+    for (a, v) in crate::x86::identity_map(PML4, false) {
+        put(a, &v.to_le_bytes());
+    }
+    let gdt = [0u64, crate::x86::GDT_CODE64_DPL0, crate::x86::GDT_DATA_DPL0];
+    put(GDT, &gdt.map(u64::to_le_bytes).concat());
     let region = kvm_userspace_memory_region {
         slot: 0,
         guest_phys_addr: 0,
@@ -117,33 +111,18 @@ fn probe_inner() -> Result<f64, String> {
         .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
-    let mut sregs = vcpu
+    let sregs = vcpu
         .get_sregs()
         .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-    let seg = |sel: u16, ty: u8, l: u8| kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: sel,
-        type_: ty,
-        present: 1,
-        dpl: 0,
-        db: (l == 0) as u8,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    sregs.cs = seg(0x08, 0xb, 1);
-    let data = seg(0x10, 0x3, 0);
-    (sregs.ds, sregs.es, sregs.ss, sregs.fs, sregs.gs) = (data, data, data, data, data);
-    sregs.gdt.base = GDT;
-    sregs.gdt.limit = 23;
-    sregs.cr3 = PML4;
-    sregs.cr4 = 1 << 5; // PAE
-    sregs.cr0 = 0x8000_0001 | (1 << 4); // PG | PE | ET
-    sregs.efer = 0x500; // LME | LMA
+    use crate::x86::{SEG_TYPE_CODE, SEG_TYPE_DATA, segment};
+    let sregs = crate::x86::long_mode(
+        sregs,
+        segment(0x08, SEG_TYPE_CODE, 0, true, true),
+        segment(0x10, SEG_TYPE_DATA, 0, false, true),
+        GDT,
+        gdt.len(),
+        PML4,
+    );
     vcpu.set_sregs(&sregs)
         .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
     let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;

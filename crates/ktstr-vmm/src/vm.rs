@@ -3,11 +3,11 @@
 use crate::VmError;
 use crate::console::Console;
 use crate::engine::{EngineKind, Selection};
+pub use crate::frozen::Frozen;
 use crate::kvm::KvmVm;
 use crate::qemu::QemuVm;
 use crate::spec::{VmExit, VmSpec};
 use ktstr_introspect::mem::PhysMem;
-use ktstr_introspect::regs::CpuRegs;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,16 +110,11 @@ impl RunningVm {
 
     /// Stop every vCPU and capture registers; dropping the guard thaws.
     pub fn freeze(&self, timeout: Duration) -> Result<Frozen<'_>, VmError> {
-        let (regs, thaw): (_, Thaw<'_>) = match &self.engine {
-            Engine::Qemu(q) => (q.stop(timeout)?, Thaw::Qemu(q)),
-            Engine::Kvm(k) => (k.stop(timeout)?, Thaw::Kvm(k)),
+        let (regs, engine): (_, &dyn crate::frozen::Thaw) = match &self.engine {
+            Engine::Qemu(q) => (q.stop(timeout)?, q),
+            Engine::Kvm(k) => (k.stop(timeout)?, k),
         };
-        Ok(Frozen {
-            thaw: Some(thaw),
-            dump: Some(thaw),
-            regs,
-            mem: self.memory(),
-        })
+        Ok(Frozen::owned(engine, regs, self.memory()))
     }
 
     /// Wait for the run to end (or its timeout).
@@ -158,8 +153,8 @@ impl RunningVm {
         callback: crate::watch::WatchCallback,
     ) -> Result<crate::watch::Watch, VmError> {
         match &self.engine {
-            Engine::Qemu(q) => crate::watch::Watch::start(q, gva, len, callback),
-            Engine::Kvm(k) => crate::watch::Watch::start_kvm(k, gva, len, callback),
+            Engine::Qemu(q) => crate::qemu::watch::start(q, gva, len, callback),
+            Engine::Kvm(k) => crate::kvm::watch::start(k, gva, len, callback),
         }
     }
 
@@ -168,89 +163,6 @@ impl RunningVm {
         match &self.engine {
             Engine::Qemu(q) => q.pid(),
             Engine::Kvm(_) => None,
-        }
-    }
-}
-
-/// Who resumes the guest when a guard is dropped.
-#[derive(Clone, Copy)]
-enum Thaw<'a> {
-    Qemu(&'a QemuVm),
-    Kvm(&'a KvmVm),
-}
-
-/// Every vCPU stopped; guest memory is quiescent. Dropping it thaws
-/// (for a watchpoint hit, the watcher resumes the guest after the
-/// callback returns).
-pub struct Frozen<'a> {
-    thaw: Option<Thaw<'a>>,
-    dump: Option<Thaw<'a>>,
-    regs: Vec<CpuRegs>,
-    mem: Arc<dyn PhysMem + Send + Sync>,
-}
-
-impl<'a> Frozen<'a> {
-    /// A guard for a stop someone else resumes (a watchpoint hit).
-    pub(crate) fn borrowed(regs: Vec<CpuRegs>, mem: Arc<dyn PhysMem + Send + Sync>) -> Self {
-        Self {
-            thaw: None,
-            dump: None,
-            regs,
-            mem,
-        }
-    }
-
-    /// Registers of each vCPU at the freeze.
-    pub fn regs(&self) -> &[CpuRegs] {
-        &self.regs
-    }
-
-    /// Guest physical memory (read and write).
-    pub fn mem(&self) -> &(dyn PhysMem + Send + Sync) {
-        &*self.mem
-    }
-
-    /// A shareable handle on the same memory.
-    pub fn mem_arc(&self) -> Arc<dyn PhysMem + Send + Sync> {
-        self.mem.clone()
-    }
-
-    /// The engine's own dump of guest memory (qemu: `dump-guest-memory`).
-    pub fn engine_dump(&self, path: &std::path::Path) -> Result<(), VmError> {
-        match self.dump {
-            Some(Thaw::Qemu(q)) => q.dump_guest_memory(path),
-            Some(Thaw::Kvm(_)) => Err(VmError::Unavailable(
-                "the kvm engine has no dump format of its own; write ktstr's vmcore from this guard instead".into(),
-            )),
-            None => Err(VmError::Engine(
-                "no engine dump from a watchpoint callback".into(),
-            )),
-        }
-    }
-
-    /// Thaw now, reporting errors (drop thaws silently).
-    pub fn thaw(mut self) -> Result<(), VmError> {
-        match self.thaw.take() {
-            Some(Thaw::Qemu(q)) => q.cont(),
-            Some(Thaw::Kvm(k)) => {
-                k.cont();
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        match self.thaw.take() {
-            Some(Thaw::Qemu(q)) => {
-                if let Err(e) = q.cont() {
-                    tracing::warn!(error = %e, "thaw failed");
-                }
-            }
-            Some(Thaw::Kvm(k)) => k.cont(),
-            None => {}
         }
     }
 }

@@ -15,6 +15,7 @@ pub use msg::*;
 pub use relay::RelayClient;
 
 pub mod relay;
+pub mod sched_diag;
 #[cfg(test)]
 mod tests;
 pub mod worker;

@@ -16,7 +16,12 @@ impl RelayClient {
         let path = std::env::var("KTSTR_GUEST_RELAY").map_err(|_| {
             "KTSTR_GUEST_RELAY is not set: not running under ktstr's guest-init".to_string()
         })?;
-        let sock = UnixStream::connect(&path).map_err(|e| format!("{path}: {e}"))?;
+        Self::connect(&path)
+    }
+
+    /// Connect to the relay socket at `path`.
+    pub fn connect(path: &str) -> Result<Self, String> {
+        let sock = UnixStream::connect(path).map_err(|e| format!("{path}: {e}"))?;
         Ok(Self { sock, next: 1 })
     }
 

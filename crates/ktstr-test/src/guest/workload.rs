@@ -143,17 +143,29 @@ impl WorkloadHandle {
             drop(c.stdin.take());
         }
         let mut out = Vec::new();
-        for mut c in std::mem::take(&mut self.children) {
+        for (index, mut c) in std::mem::take(&mut self.children).into_iter().enumerate() {
+            let mut report = None;
             if let Some(o) = c.stdout.take() {
                 for line in BufReader::new(o).lines().map_while(Result::ok) {
                     if let Some(h) = line.strip_prefix("KTSTR-WORKER ")
                         && let Ok(r) = from_hex::<WorkerReport>(h)
                     {
-                        out.push(r);
+                        report = Some(r);
                     }
                 }
             }
-            let _ = c.wait();
+            let status = c.wait();
+            // A worker that sent no report is a row with the reason, never
+            // a silently missing one.
+            out.push(report.unwrap_or_else(|| WorkerReport {
+                index: index as u32,
+                pid: c.id() as i32,
+                errors: vec![format!(
+                    "worker sent no report ({})",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                )],
+                ..Default::default()
+            }));
         }
         out.sort_by_key(|r| r.index);
         out

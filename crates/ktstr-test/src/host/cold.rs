@@ -4,7 +4,7 @@
 //! snapshot bridge for `post_vm`.
 
 use ktstr_introspect::image::KernelImage;
-use ktstr_introspect::kernel::{KaslrSource, Kernel, params_from_slide};
+use ktstr_introspect::kernel::{KaslrSource, Kernel, KernelError, params_from_slide};
 use ktstr_introspect::kernel_ops::execute;
 use ktstr_introspect::mem::PhysMem;
 use ktstr_introspect::offsets::Offsets;
@@ -39,21 +39,21 @@ pub fn frozen_kernel(
     f: &Frozen<'_>,
     image: &Arc<KernelImage>,
     hello: Option<&Hello>,
-) -> Result<Kernel<Arc<dyn PhysMem + Send + Sync>>, String> {
+) -> Result<Kernel<Arc<dyn PhysMem + Send + Sync>>, KernelError> {
     let mem = f.mem_arc();
     let cpu = f
         .regs()
         .iter()
         .find(|r| r.cr3 != 0)
-        .ok_or("no vCPU state with a CR3")?;
+        .ok_or_else(|| KernelError::Invalid("no vCPU state with a CR3".into()))?;
     if let (Some(h), Some(text)) = (hello, image.symbols().addr("_text"))
         && h.kallsyms_text != 0
     {
         let slide = h.kallsyms_text.wrapping_sub(text);
-        let p = params_from_slide(&*mem, image, cpu, slide).map_err(|e| e.to_string())?;
+        let p = params_from_slide(&*mem, image, cpu, slide)?;
         return Ok(Kernel::new(mem, image.clone(), p, KaslrSource::Given));
     }
-    Kernel::discover(mem, image.clone(), f.regs(), None).map_err(|e| e.to_string())
+    Kernel::discover(mem, image.clone(), f.regs(), None)
 }
 
 /// Executes kernel-op batches for one VM.
@@ -119,5 +119,17 @@ impl ColdOps {
         self.freezes += 1;
         self.frozen_time += start.elapsed();
         replies
+    }
+}
+
+/// A session whose only hooks are cold-path kernel ops.
+impl crate::host::session::SessionHooks<RunningVm> for ColdOps {
+    fn kernel_ops(
+        &mut self,
+        vm: &RunningVm,
+        hello: Option<&Hello>,
+        ops: &[KernelOp],
+    ) -> Vec<KernelOpReplyPayload> {
+        self.handle(vm, hello, ops)
     }
 }

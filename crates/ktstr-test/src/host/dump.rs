@@ -6,19 +6,16 @@
 use ktstr_introspect::collect::{CollectOptions, snapshot};
 use ktstr_introspect::kernel::Kernel;
 use ktstr_introspect::mem::PhysMem;
+use ktstr_introspect::scx_exit::ExitKind;
 use ktstr_introspect::snapshot::SchedSnapshot;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// `SCX_EXIT_ERROR`: exit kinds at or above it are errors.
-pub const SCX_EXIT_ERROR: u32 = 1024;
 
 /// How the state was captured.
 pub const PROVENANCE_WATCHPOINT: &str =
     "watchpoint: frozen at the exit_kind write, before teardown";
 pub const PROVENANCE_WATCHPOINT_DONE: &str = "watchpoint: frozen at the disable work's exit_kind write (SCX_EXIT_DONE), before teardown; kind from the kernel's exit reason";
-pub const PROVENANCE_SAMPLED: &str =
-    "sampled: exit_kind seen by lock-free sampling, frozen within ~20 ms (watchpoint unavailable)";
+pub const PROVENANCE_SAMPLED: &str = "sampled: exit_kind seen by lock-free sampling (every 10 ms, no watchpoint), frozen at the session's next tick";
 pub const PROVENANCE_AFTER_TEARDOWN: &str =
     "after teardown: frozen when the scheduler's death was reported";
 
@@ -105,26 +102,8 @@ pub fn exit_lines(console: &str) -> Vec<String> {
 
 /// The exit kind the kernel's reason text names (`scx_exit_reason()`),
 /// for dumps frozen after the kind was already swapped for DONE.
-pub fn kind_from_reason(lines: &[String]) -> Option<(u32, &'static str)> {
-    const REASONS: &[(&str, u32, &str)] = &[
-        ("(runnable task stall)", 1026, "SCX_EXIT_ERROR_STALL"),
-        ("(scx_bpf_error)", 1025, "SCX_EXIT_ERROR_BPF"),
-        ("(runtime error)", 1024, "SCX_EXIT_ERROR"),
-        ("(unregistered from user space)", 64, "SCX_EXIT_UNREG"),
-        ("(unregistered from BPF)", 65, "SCX_EXIT_UNREG_BPF"),
-        (
-            "(unregistered from the main kernel)",
-            66,
-            "SCX_EXIT_UNREG_KERN",
-        ),
-        ("(disabled by sysrq-S)", 67, "SCX_EXIT_SYSRQ"),
-    ];
-    lines.iter().find_map(|l| {
-        REASONS
-            .iter()
-            .find(|(r, _, _)| l.contains(r))
-            .map(|&(_, k, n)| (k, n))
-    })
+pub fn kind_from_reason(lines: &[String]) -> Option<ExitKind> {
+    lines.iter().find_map(|l| ExitKind::from_reason_line(l))
 }
 
 /// Tasks whose runnable age exceeds the watchdog timeout.

@@ -2,8 +2,9 @@
 //! exactly why not. With `KTSTR_REQUIRE_VM=1` (CI sets it) a missing
 //! kernel or engine fails the test instead of skipping it.
 
+use super::error::HostError;
 use crate::host::initramfs::Initramfs;
-use crate::host::session::{self, OpHandler, QEMU_CHANNEL_CMDLINE, SessionResult};
+use crate::host::session::{self, QEMU_CHANNEL_CMDLINE, SessionHooks, SessionResult};
 use ktstr_kernels::{Cache, KernelArtifacts, resolve_kernel, resolve_scheduler};
 use ktstr_vmm::{RunningVm, Topology, VmSpec};
 use ktstr_wire::RunSpec;
@@ -74,26 +75,48 @@ pub fn vm_env(kernel: Option<&str>) -> Option<VmEnv> {
     None
 }
 
-fn try_env(kernel: Option<&str>) -> Result<VmEnv, String> {
-    let cache = Cache::from_env().map_err(|e| e.to_string())?;
+/// The kernel and an engine that can boot it here. QEMU is checked only
+/// when the selected engine is QEMU.
+pub fn try_env(kernel: Option<&str>) -> Result<VmEnv, HostError> {
+    let cache = Cache::from_env()?;
     let env = std::env::var("KTSTR_KERNEL").ok();
-    let kernel = resolve_kernel(env.as_deref(), kernel, &cache).map_err(|e| e.to_string())?;
-    ktstr_vmm::engine::select().map_err(|e| e.to_string())?;
-    let (maj, _) = ktstr_vmm::qemu::qemu_version().map_err(|e| e.to_string())?;
-    if maj < 10 {
-        tracing::warn!(
-            "QEMU {maj}.x: MTTCG crashes guests when schedulers load/unload; use QEMU >= 10"
-        );
-    }
+    let kernel = resolve_kernel(env.as_deref(), kernel, &cache)?;
+    let engine = ktstr_vmm::engine::select()?;
+    check_engine(&engine)?;
     Ok(VmEnv { cache, kernel })
+}
+
+/// Can the selected engine run here? QEMU: its binary runs (>= 10
+/// advised); kvm: /dev/kvm opens.
+pub fn check_engine(sel: &ktstr_vmm::engine::Selection) -> Result<(), HostError> {
+    match sel.kind {
+        ktstr_vmm::EngineKind::Qemu(_) => {
+            let (maj, _) = ktstr_vmm::qemu::qemu_version()?;
+            if maj < 10 {
+                tracing::warn!(
+                    "QEMU {maj}.x: MTTCG crashes guests when schedulers load/unload; use QEMU >= 10"
+                );
+            }
+            Ok(())
+        }
+        ktstr_vmm::EngineKind::Kvm => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map(|_| ())
+            .map_err(|e| {
+                HostError::Vm(ktstr_vmm::VmError::Unavailable(format!(
+                    "KTSTR_ENGINE=kvm but /dev/kvm does not open: {e}"
+                )))
+            }),
+    }
 }
 
 impl VmEnv {
     /// A scheduler binary for this kernel (cache or KTSTR_SCHED_DIR).
-    pub fn scheduler(&self, name: &str) -> Result<PathBuf, String> {
+    pub fn scheduler(&self, name: &str) -> Result<PathBuf, ktstr_kernels::CacheError> {
         let d = std::env::var("KTSTR_SCHED_DIR").ok();
         resolve_scheduler(name, &self.kernel.name, d.as_deref(), &self.cache)
-            .map_err(|e| e.to_string())
     }
 
     /// Where built initramfs archives are cached.
@@ -130,38 +153,13 @@ impl VmEnv {
         memory_mb: u32,
         timeout: Duration,
         run: &RunSpec,
-        on_ops: &mut OpHandler<'_>,
-    ) -> Result<(SessionResult, RunningVm), String> {
-        self.run_with_hooks(
-            initramfs,
-            topology,
-            memory_mb,
-            timeout,
-            run,
-            on_ops,
-            &mut |_, _, _, _| {},
-        )
-    }
-
-    /// Like [`VmEnv::run`], with a lifecycle hook.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_with_hooks(
-        &self,
-        initramfs: &Initramfs,
-        topology: Topology,
-        memory_mb: u32,
-        timeout: Duration,
-        run: &RunSpec,
-        on_ops: &mut OpHandler<'_>,
-        on_lifecycle: &mut session::LifecycleHook<'_>,
-    ) -> Result<(SessionResult, RunningVm), String> {
-        let path = initramfs
-            .write_cached(&self.initramfs_dir())
-            .map_err(|e| e.to_string())?;
+        hooks: &mut dyn SessionHooks<RunningVm>,
+    ) -> Result<(SessionResult, RunningVm), HostError> {
+        let path = initramfs.write_cached(&self.initramfs_dir())?;
         let spec = self.spec(path, topology, memory_mb, timeout);
         let _slot = VcpuSlot::acquire(topology.nr_cpus());
-        let vm = RunningVm::boot(&spec).map_err(|e| e.to_string())?;
-        let r = session::run_with_hooks(&vm, run, on_ops, on_lifecycle);
+        let vm = RunningVm::boot(&spec)?;
+        let r = session::run(&vm, run, hooks);
         Ok((r, vm))
     }
 }
@@ -170,7 +168,7 @@ impl VmEnv {
 /// process (parsing takes ~0.5 s).
 pub fn kernel_image(
     vmlinux: &std::path::Path,
-) -> Result<std::sync::Arc<ktstr_introspect::image::KernelImage>, String> {
+) -> Result<std::sync::Arc<ktstr_introspect::image::KernelImage>, HostError> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
     type Images = Mutex<HashMap<PathBuf, Arc<ktstr_introspect::image::KernelImage>>>;
@@ -180,8 +178,10 @@ pub fn kernel_image(
         return Ok(i.clone());
     }
     let img = Arc::new(
-        ktstr_introspect::image::KernelImage::open(vmlinux)
-            .map_err(|e| format!("{}: {e}", vmlinux.display()))?,
+        ktstr_introspect::image::KernelImage::open(vmlinux).map_err(|source| HostError::Image {
+            path: vmlinux.to_path_buf(),
+            source,
+        })?,
     );
     m.lock()
         .unwrap_or_else(|e| e.into_inner())

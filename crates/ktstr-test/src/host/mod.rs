@@ -10,6 +10,7 @@
 pub mod cold;
 pub mod dump;
 pub mod env;
+pub mod error;
 pub mod failure;
 pub mod initramfs;
 pub mod libs;

@@ -3,12 +3,16 @@
 //! with cold-path ops and the failure watch, then a [`VmResult`] and a
 //! verdict. The library API behind `#[ktstr_test]` and the CLI.
 
+use super::error::HostError;
+use super::failure::{CaptureMode, FailureCapture};
+use super::session::SessionHooks;
 use crate::host::cold::ColdOps;
 use crate::host::env::{VmEnv, kernel_image};
 use crate::host::initramfs::Initramfs;
 use crate::result::VmResult;
-use ktstr_vmm::{Topology, VmExit};
-use ktstr_wire::{Phase, RunSpec, SchedSpec};
+use ktstr_introspect::scx_exit::ExitKind;
+use ktstr_vmm::{RunningVm, Topology, VmExit};
+use ktstr_wire::{Hello, KernelOp, KernelOpReplyPayload, Phase, RunSpec, SchedSpec};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,26 +33,67 @@ pub struct RunRequest {
     pub payload_env: Vec<(String, String)>,
     /// Write a vmcore at the instant of a scheduler failure.
     pub vmcore: bool,
+    /// How long the scheduler may take to attach (None: the engine's
+    /// default, see [`default_attach_timeout`]).
+    pub attach_timeout: Option<Duration>,
+    /// How a scheduler failure is caught.
+    pub capture: CaptureMode,
+}
+
+/// The attach timeout when none is given: 10 s where KVM runs the guest
+/// natively, 120 s under TCG, where verifying a large BPF program takes
+/// tens of seconds (scx_lavd: ~37 s on 2 loaded cores).
+pub fn default_attach_timeout() -> Duration {
+    match ktstr_vmm::engine::select().map(|s| s.kind) {
+        Ok(ktstr_vmm::EngineKind::Qemu(ktstr_vmm::qemu::cmdline::Accel::Tcg)) => {
+            Duration::from_secs(120)
+        }
+        _ => Duration::from_secs(10),
+    }
+}
+
+/// The session hooks of a run: cold-path kernel ops, failure capture.
+struct RunHooks {
+    cold: ColdOps,
+    capture: FailureCapture,
+}
+
+impl SessionHooks<RunningVm> for RunHooks {
+    fn kernel_ops(
+        &mut self,
+        vm: &RunningVm,
+        hello: Option<&Hello>,
+        ops: &[KernelOp],
+    ) -> Vec<KernelOpReplyPayload> {
+        self.cold.kernel_ops(vm, hello, ops)
+    }
+    fn lifecycle(&mut self, vm: &RunningVm, hello: Option<&Hello>, phase: &Phase, _: &str) {
+        self.capture.on_lifecycle(vm, hello, phase);
+    }
+    fn tick(&mut self, vm: &RunningVm, hello: Option<&Hello>) {
+        self.capture.poll(vm, hello);
+    }
 }
 
 /// Boot, run, collect. Errors only when the VM cannot be set up.
-pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
+pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, HostError> {
     let mut init = Initramfs::base();
+    let attach_timeout = req.attach_timeout.unwrap_or_else(default_attach_timeout);
     let sched = match &req.scheduler {
         Some((path, args)) => {
-            init.add_file("/bin/scheduler", path)
-                .map_err(|e| e.to_string())?;
+            // A dynamic scheduler (an ordinary `cargo install` build) needs
+            // its loader and libraries, exactly as payloads do.
+            init.add_executable_with_libs("/bin/scheduler", path)?;
             Some(SchedSpec {
                 path: "/bin/scheduler".into(),
                 args: args.clone(),
                 liveness_ms: 1000,
-                attach_timeout_ms: 10_000,
+                attach_timeout_ms: u64::try_from(attach_timeout.as_millis()).unwrap_or(u64::MAX),
             })
         }
         None => None,
     };
-    init.add_executable_with_libs("/bin/ktstr-payload", &req.payload)
-        .map_err(|e| e.to_string())?;
+    init.add_executable_with_libs("/bin/ktstr-payload", &req.payload)?;
     let t = req.topology;
     // The caller's variables come last so they can override these.
     let mut env_vars = vec![
@@ -72,9 +117,14 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
         payload_timeout_ms: (req.duration_s + req.watchdog_timeout_s + 30) * 1000,
         ..Default::default()
     };
-    let timeout = Duration::from_secs(req.duration_s + req.watchdog_timeout_s + 90);
+    let timeout = Duration::from_secs(req.duration_s + req.watchdog_timeout_s + 90)
+        + if req.scheduler.is_some() {
+            attach_timeout
+        } else {
+            Duration::ZERO
+        };
     let image = kernel_image(&env.kernel.vmlinux)?;
-    let mut cold = ColdOps::new(image.clone());
+    let cold = ColdOps::new(image.clone());
     let id = format!(
         "{}-{}",
         std::process::id(),
@@ -83,19 +133,17 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
             .map_or(0, |d| d.as_millis())
     );
     let dump_dir = crate::host::dump::dump_root().join(format!("{}-{id}", req.name));
-    let mut fc = crate::host::failure::FailureCapture::new(
+    let capture = FailureCapture::new(
         image,
         req.vmcore.then(|| dump_dir.join("vmcore")),
+        req.capture,
     );
-    let (r, _vm) = env.run_with_hooks(
-        &init,
-        t,
-        req.memory_mb,
-        timeout,
-        &run,
-        &mut |vm, h, ops| cold.handle(vm, h, ops),
-        &mut |vm, h, phase, _| fc.on_lifecycle(vm, h, phase),
-    )?;
+    let mut hooks = RunHooks { cold, capture };
+    let (r, _vm) = env.run(&init, t, req.memory_mb, timeout, &run, &mut hooks)?;
+    let RunHooks {
+        cold,
+        capture: mut fc,
+    } = hooks;
     let sched_log = String::from_utf8_lossy(&r.sched_log).into_owned();
     let tail = |s: &str, n: usize| {
         let l: Vec<&str> = s.lines().collect();
@@ -104,11 +152,11 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
     let dump = fc.take().map(|mut d| {
         d.test = req.name.clone();
         d.exit_reason = crate::host::dump::exit_lines(&r.console);
-        if d.exit_kind < crate::host::dump::SCX_EXIT_ERROR
-            && let Some((k, n)) = crate::host::dump::kind_from_reason(&d.exit_reason)
+        if !ExitKind(d.exit_kind).is_error()
+            && let Some(k) = crate::host::dump::kind_from_reason(&d.exit_reason)
         {
-            d.exit_kind = k;
-            d.exit_kind_name = n.to_string();
+            d.exit_kind = k.0;
+            d.exit_kind_name = k.name(&[]);
         }
         d.console_tail = tail(&r.console, 60);
         d.sched_log_tail = tail(&sched_log, 60);
@@ -144,6 +192,17 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, String> {
     })
 }
 
+/// What a report shows of a scheduler's log: libbpf/verifier lines and
+/// the tail (or a note that it wrote nothing).
+pub fn scheduler_log_excerpt(log: &str) -> String {
+    let lines = ktstr_wire::sched_diag::relevant_lines(log);
+    if lines.iter().all(|l| l.trim().is_empty()) {
+        "(the scheduler wrote nothing)".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
 /// Everything wrong with a run (empty: it passed).
 pub fn judge(vr: &VmResult, expect_err: bool, expect_contains: Option<&str>) -> Vec<String> {
     let mut failures = Vec::new();
@@ -153,7 +212,7 @@ pub fn judge(vr: &VmResult, expect_err: bool, expect_contains: Option<&str>) -> 
     let errored = vr
         .dump
         .as_ref()
-        .is_some_and(|d| d.exit_kind >= crate::host::dump::SCX_EXIT_ERROR);
+        .is_some_and(|d| ExitKind(d.exit_kind).is_error());
     let phase = |p: Phase| {
         vr.lifecycle
             .iter()
@@ -180,9 +239,16 @@ pub fn judge(vr: &VmResult, expect_err: bool, expect_contains: Option<&str>) -> 
         }
     } else {
         if let Some(d) = phase(Phase::SchedulerDied).or(phase(Phase::SchedulerNotAttached)) {
-            failures.push(format!("scheduler failed: {d}"));
+            failures.push(format!(
+                "scheduler failed: {d}\n--- scheduler log (libbpf/verifier lines and tail) ---\n{}",
+                scheduler_log_excerpt(&vr.sched_log)
+            ));
         }
-        if let Some(d) = &vr.dump {
+        if let Some(d) = vr
+            .dump
+            .as_ref()
+            .filter(|d| ExitKind(d.exit_kind).is_error())
+        {
             failures.push(format!(
                 "scheduler error captured:\n  {}",
                 d.key_lines().join("\n  ")

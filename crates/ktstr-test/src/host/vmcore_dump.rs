@@ -13,7 +13,7 @@ pub fn write_frozen_vmcore<M: PhysMem>(
     f: &Frozen<'_>,
     k: &Kernel<M>,
     path: &Path,
-) -> Result<u64, String> {
+) -> Result<u64, ktstr_introspect::vmcore::VmcoreError> {
     let p = k.params();
     let vmcoreinfo = k.vmcoreinfo_text().or_else(|| {
         Some(format!(
@@ -25,5 +25,5 @@ pub fn write_frozen_vmcore<M: PhysMem>(
         vmcoreinfo,
         cpus: f.regs().to_vec(),
     };
-    write_vmcore(path, f.mem(), &notes, p.page_offset_base).map_err(|e| e.to_string())
+    write_vmcore(path, f.mem(), &notes, p.page_offset_base)
 }

@@ -13,7 +13,7 @@ use super::ram::{HIGH_RAM_START, KvmRam, MMIO_HOLE_START};
 use crate::VmError;
 use crate::spec::VmSpec;
 use ktstr_introspect::mem::PhysMem;
-use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment};
+use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry, kvm_regs};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{BzImage, Cmdline, Elf, KernelLoader, load_cmdline};
@@ -49,9 +49,9 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 re
 const GDT_ENTRIES: [u64; 5] = [
     0,
     0,
-    0x00af_9b00_0000_ffff,
-    0x00cf_9300_0000_ffff,
-    0x0080_8b00_0000_ffff,
+    crate::x86::GDT_CODE64_DPL0,
+    crate::x86::GDT_DATA_DPL0,
+    crate::x86::GDT_TSS64,
 ];
 
 fn e(what: &str) -> impl Fn(String) -> VmError + '_ {
@@ -254,40 +254,22 @@ fn set_msrs(fd: &VcpuFd) -> Result<(), VmError> {
     Ok(())
 }
 
-fn seg(selector: u16, type_: u8, long: bool, s: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xfffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db: (!long && s == 1) as u8,
-        s,
-        l: long as u8,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 fn set_boot_regs(fd: &VcpuFd, entry: u64) -> Result<(), VmError> {
-    let mut s = fd
+    let s = fd
         .get_sregs()
         .map_err(|x| e("KVM_GET_SREGS")(x.to_string()))?;
-    s.cs = seg(0x10, 0xb, true, 1);
-    let data = seg(0x18, 0x3, false, 1);
-    (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
-    s.tr = seg(0x20, 0xb, false, 0);
-    s.gdt.base = GDT;
-    s.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
+    use crate::x86::{SEG_TYPE_CODE, SEG_TYPE_DATA, SEG_TYPE_TSS_BUSY, segment};
+    let mut s = crate::x86::long_mode(
+        s,
+        segment(0x10, SEG_TYPE_CODE, 0, true, true),
+        segment(0x18, SEG_TYPE_DATA, 0, false, true),
+        GDT,
+        GDT_ENTRIES.len(),
+        PML4,
+    );
+    s.tr = segment(0x20, SEG_TYPE_TSS_BUSY, 0, false, false);
     s.idt.base = IDT;
     s.idt.limit = 7;
-    s.cr3 = PML4;
-    s.cr4 |= 1 << 5; // PAE
-    s.cr0 |= 0x8000_0001; // PG | PE
-    s.efer |= 0x500; // LME | LMA
     fd.set_sregs(&s)
         .map_err(|x| e("KVM_SET_SREGS")(x.to_string()))?;
     fd.set_regs(&kvm_regs {

@@ -21,6 +21,7 @@ pub mod rendezvous;
 pub mod slots;
 pub mod vcpu;
 pub mod vsock;
+pub(crate) mod watch;
 
 use crate::VmError;
 use crate::console::Console;
@@ -43,7 +44,10 @@ use vmm_sys_util::eventfd::EventFd;
 const TSS_ADDR: usize = 0xfffb_d000;
 
 fn kvm_err(what: &str) -> impl Fn(kvm_ioctls::Error) -> VmError + '_ {
-    move |e| VmError::Engine(format!("{what}: {e}"))
+    move |source| VmError::Kvm {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// A VM booted by the kvm engine.
@@ -100,7 +104,7 @@ fn machine(ram_bytes: u64, console: Console) -> Result<Machine, VmError> {
     let ram = Arc::new(KvmRam::new(ram_bytes).map_err(VmError::Engine)?);
     let vm = Arc::new(vm);
     let slots = Arc::new(Slots::new(vm.clone(), &ram.host_regions()).map_err(VmError::Engine)?);
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io(e.to_string()))?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::io("COM1 eventfd"))?;
     vm.register_irqfd(&irq, devices::COM1_IRQ)
         .map_err(kvm_err("KVM_IRQFD"))?;
     let pio = Arc::new(PioBus::new(console.clone(), irq));
@@ -162,7 +166,7 @@ impl KvmVm {
         let vsock = if spec.channels.is_empty() {
             None
         } else {
-            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io(e.to_string()))?;
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::io("vsock eventfd"))?;
             m.vm.register_irqfd(&irq, mmio::IRQ)
                 .map_err(kvm_err("KVM_IRQFD"))?;
             let dev = mmio::VsockMmio::new(m.ram.clone(), irq).map_err(VmError::Engine)?;
@@ -213,7 +217,7 @@ impl KvmVm {
                     for t in threads {
                         let _ = t.join();
                     }
-                    return Err(VmError::Io(format!("spawning a vCPU thread: {e}")));
+                    return Err(VmError::io("spawning a vCPU thread")(e));
                 }
             }
         }
@@ -232,7 +236,7 @@ impl KvmVm {
                     for t in threads {
                         let _ = t.join();
                     }
-                    return Err(VmError::Io(format!("spawning the vsock worker: {e}")));
+                    return Err(VmError::io("spawning the vsock worker")(e));
                 }
             }
         }
@@ -407,6 +411,18 @@ pub fn guest_channel_cmdline(cmdline: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+impl crate::frozen::Thaw for KvmVm {
+    fn thaw(&self) -> Result<(), VmError> {
+        self.cont();
+        Ok(())
+    }
+    fn engine_dump(&self, _: &std::path::Path) -> Result<(), VmError> {
+        Err(VmError::Unavailable(
+            "the kvm engine has no dump format of its own; write ktstr's vmcore from this guard instead".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

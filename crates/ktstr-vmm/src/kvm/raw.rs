@@ -11,8 +11,9 @@
 //! is identity-mapped, user-accessible, writable, executable.
 
 use super::ram::KvmRam;
+use crate::x86;
 use ktstr_introspect::mem::PhysMem;
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_sregs};
 
 /// Page tables: PML4, then PDPT and PD (2 MiB pages over the first 1 GiB).
 pub const PML4: u64 = 0x1000;
@@ -33,10 +34,10 @@ pub const RAM_BYTES: u64 = 4 << 20;
 /// user code 0x23 (RPL 3).
 const GDT_ENTRIES: [u64; 5] = [
     0,
-    0x00af_9b00_0000_ffff, // 64-bit code, DPL 0
-    0x00cf_9300_0000_ffff, // data, DPL 0
-    0x00cf_f300_0000_ffff, // data, DPL 3
-    0x00af_fb00_0000_ffff, // 64-bit code, DPL 3
+    x86::GDT_CODE64_DPL0,
+    x86::GDT_DATA_DPL0,
+    x86::GDT_DATA_DPL3,
+    x86::GDT_CODE64_DPL3,
 ];
 
 /// A program for every vCPU.
@@ -49,9 +50,8 @@ pub struct RawGuest {
     pub ring0: bool,
 }
 
-/// Identity-map the first 1 GiB with 2 MiB pages (PML4 at `pml4`, its
-/// PDPT and PD in the two pages after it; user-accessible when `user`)
-/// and write `gdt` at `gdt_at`. The kvm engine's Linux boot uses this too.
+/// Write the identity map of [`x86::identity_map`] at `pml4` and `gdt`
+/// at `gdt_at`. The kvm engine's Linux boot uses this too.
 pub fn write_identity_tables(
     ram: &KvmRam,
     pml4: u64,
@@ -59,57 +59,32 @@ pub fn write_identity_tables(
     gdt_at: u64,
     gdt: &[u64],
 ) -> Result<(), String> {
-    let w = |a: u64, v: u64| {
+    let gdt_writes = gdt
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (gdt_at + i as u64 * 8, *e));
+    for (a, v) in x86::identity_map(pml4, user).into_iter().chain(gdt_writes) {
         ram.write_phys(a, &v.to_le_bytes())
-            .map_err(|e| format!("writing guest page tables and GDT: {e}"))
-    };
-    let (pdpt, pd) = (pml4 + 0x1000, pml4 + 0x2000);
-    let flags = if user { 0x7 } else { 0x3 }; // present, writable (, user)
-    w(pml4, pdpt | flags)?;
-    w(pdpt, pd | flags)?;
-    for i in 0..512u64 {
-        w(pd + i * 8, (i << 21) | flags | 0x80)?; // PS: 2 MiB page
-    }
-    for (i, e) in gdt.iter().enumerate() {
-        w(gdt_at + i as u64 * 8, *e)?;
+            .map_err(|e| format!("writing guest page tables and GDT: {e}"))?;
     }
     Ok(())
 }
 
-fn segment(selector: u16, type_: u8, dpl: u8, long: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl,
-        db: (!long) as u8,
-        s: 1,
-        l: long as u8,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// Long mode with paging on our tables; CPL 3 when `user`, else CPL 0.
-pub fn long_mode_sregs(mut s: kvm_sregs, user: bool) -> kvm_sregs {
+pub fn long_mode_sregs(s: kvm_sregs, user: bool) -> kvm_sregs {
+    use x86::{SEG_TYPE_CODE, SEG_TYPE_DATA, segment};
     let (cs, ds) = if user {
-        (segment(0x23, 0xb, 3, true), segment(0x1b, 0x3, 3, false))
+        (
+            segment(0x23, SEG_TYPE_CODE, 3, true, true),
+            segment(0x1b, SEG_TYPE_DATA, 3, false, true),
+        )
     } else {
-        (segment(0x08, 0xb, 0, true), segment(0x10, 0x3, 0, false))
+        (
+            segment(0x08, SEG_TYPE_CODE, 0, true, true),
+            segment(0x10, SEG_TYPE_DATA, 0, false, true),
+        )
     };
-    s.cs = cs;
-    (s.ds, s.es, s.ss, s.fs, s.gs) = (ds, ds, ds, ds, ds);
-    s.gdt.base = GDT;
-    s.gdt.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
-    s.cr3 = PML4;
-    s.cr4 = 1 << 5; // PAE
-    s.cr0 = 0x8000_0001 | (1 << 4); // PG | PE | ET
-    s.efer = 0x500; // LME | LMA
-    s
+    x86::long_mode(s, cs, ds, GDT, GDT_ENTRIES.len(), PML4)
 }
 
 /// Initial registers of vCPU `cpu` (see the module docs for the ABI).
@@ -121,7 +96,7 @@ pub fn user_regs(cpu: u32, nr_cpus: u32) -> kvm_regs {
         rbx: DATA + u64::from(cpu) * 64,
         rax: u64::from(b'0') + u64::from(cpu),
         rsp: STACKS + (u64::from(cpu) + 1) * 0x1000 - 16,
-        rflags: 0x2 | (3 << 12), // IOPL 3, interrupts off
+        rflags: x86::RFLAGS_RESERVED | x86::RFLAGS_IOPL3, // interrupts off
         ..Default::default()
     }
 }

@@ -92,13 +92,15 @@ pub fn set_immediate_exit_ptr(p: *mut u8) {
     IMMEDIATE_EXIT.with(|c| c.set(p));
 }
 
-/// Kick every listed thread.
-fn kick(threads: &[libc::pthread_t]) {
+/// Kick every listed thread; returns how many.
+fn kick(threads: &[libc::pthread_t]) -> usize {
     for &t in threads {
-        // SAFETY: the pthread_t values belong to vCPU threads that are not
-        // joined before the VM is torn down (teardown stops kicking first).
+        // SAFETY: the list is only read under `Rendezvous::threads`'s lock,
+        // and teardown empties it under that lock (`stop_all`) before any
+        // vCPU thread is joined, so every pthread_t here is a live thread.
         unsafe { libc::pthread_kill(t, kick_signal()) };
     }
+    threads.len()
 }
 
 impl Rendezvous {
@@ -153,9 +155,11 @@ impl Rendezvous {
         *self.threads.lock().unwrap_or_else(|e| e.into_inner()) = t;
     }
 
-    fn kick_all(&self) {
+    /// Kick every vCPU thread (none once teardown has begun); returns how
+    /// many were kicked.
+    fn kick_all(&self) -> usize {
         let t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        kick(&t);
+        kick(&t)
     }
 
     /// Should a vCPU stop running now (pause or teardown)?
@@ -168,12 +172,17 @@ impl Rendezvous {
         self.lock().stopping
     }
 
-    /// Tear down: wake and release every vCPU; kicks them out of KVM_RUN.
+    /// Tear down: wake and release every vCPU and kick them out of
+    /// KVM_RUN one last time. The thread list is emptied under its lock,
+    /// so a freezer that raced past its `stopping` check can no longer
+    /// kick threads the caller is about to join.
     pub fn stop_all(&self) {
         self.lock().stopping = true;
         self.cv.notify_all();
         self.vcpu_cv.notify_all();
-        self.kick_all();
+        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        kick(&t);
+        t.clear();
     }
 
     /// vCPU side: park with `regs` until thawed or stopping.
@@ -357,6 +366,24 @@ mod tests {
     use std::os::unix::thread::JoinHandleExt;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// After teardown begins nothing is kicked any more: the threads may be
+    /// joined (and their pthread_t reused) at any moment.
+    #[test]
+    fn no_kick_after_teardown_began() {
+        install_kick_handler().unwrap();
+        let r = Rendezvous::new(1);
+        // SAFETY: pthread_self has no preconditions.
+        r.set_threads(vec![unsafe { libc::pthread_self() }]);
+        assert_eq!(r.kick_all(), 1);
+        r.stop_all();
+        assert_eq!(
+            r.kick_all(),
+            0,
+            "a freezer racing teardown must kick nobody"
+        );
+        assert!(r.freeze(Duration::from_millis(10)).is_err());
+    }
 
     /// Plain threads stand in for vCPUs: they count while running and park
     /// when asked; a kick interrupts their sleep like it interrupts KVM_RUN.

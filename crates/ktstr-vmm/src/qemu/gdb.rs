@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 const MAX_PACKET: usize = 1 << 20;
 
 /// A gdbstub failure.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum GdbError {
     #[error("gdbstub I/O: {0}")]
-    Io(String),
+    Io(#[source] std::io::Error),
+    #[error("gdbstub closed the connection")]
+    Closed,
     #[error("gdbstub: {0}")]
     Protocol(String),
     #[error("gdbstub: no answer in time")]
@@ -85,7 +87,10 @@ impl Gdb {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(GdbError::Io(format!("{}: {e}", path.display())));
+                    return Err(GdbError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", path.display()),
+                    )));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -97,9 +102,7 @@ impl Gdb {
     }
 
     fn send(&mut self, data: &str) -> Result<(), GdbError> {
-        self.s
-            .write_all(&frame(data))
-            .map_err(|e| GdbError::Io(e.to_string()))
+        self.s.write_all(&frame(data)).map_err(GdbError::Io)
     }
 
     /// Read one packet payload (skipping acks), up to `timeout`.
@@ -119,9 +122,7 @@ impl Gdb {
                         String::from_utf8_lossy(&self.buf[start + 1..start + hash]).into_owned();
                     self.buf.drain(..end);
                     // Acknowledge (we stay in ack mode: simplest and always supported).
-                    self.s
-                        .write_all(b"+")
-                        .map_err(|e| GdbError::Io(e.to_string()))?;
+                    self.s.write_all(b"+").map_err(GdbError::Io)?;
                     return Ok(payload);
                 }
             }
@@ -134,17 +135,17 @@ impl Gdb {
             }
             self.s
                 .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-                .map_err(|e| GdbError::Io(e.to_string()))?;
+                .map_err(GdbError::Io)?;
             let mut tmp = [0u8; 4096];
             match self.s.read(&mut tmp) {
-                Ok(0) => return Err(GdbError::Io("stub closed the connection".into())),
+                Ok(0) => return Err(GdbError::Closed),
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) => {}
-                Err(e) => return Err(GdbError::Io(e.to_string())),
+                Err(e) => return Err(GdbError::Io(e)),
             }
         }
     }
@@ -188,9 +189,7 @@ impl Gdb {
 
     /// Ask a running guest to stop (Ctrl-C); the stop reply follows.
     pub fn interrupt(&mut self) -> Result<(), GdbError> {
-        self.s
-            .write_all(&[0x03])
-            .map_err(|e| GdbError::Io(e.to_string()))
+        self.s.write_all(&[0x03]).map_err(GdbError::Io)
     }
 
     /// Detach: QEMU resumes the VM.

@@ -11,6 +11,7 @@ pub mod cmdline;
 pub mod gdb;
 pub mod qmp;
 pub mod regs;
+pub(crate) mod watch;
 
 use crate::VmError;
 use crate::console::{Console, DEFAULT_RING_BYTES};
@@ -44,7 +45,7 @@ impl PauseGate {
         while *g {
             let now = Instant::now();
             if now >= deadline {
-                return Err(VmError::Engine(
+                return Err(VmError::Timeout(
                     "the VM stayed paused by someone else past the timeout".into(),
                 ));
             }
@@ -82,15 +83,12 @@ pub(crate) fn stop_and_capture(
     nr_cpus: u32,
 ) -> Result<Vec<CpuRegs>, VmError> {
     let from = qmp.event_count();
-    qmp.execute("stop", None, timeout)
-        .map_err(|e| VmError::Engine(e.to_string()))?;
+    qmp.execute("stop", None, timeout)?;
     if qmp.wait_event(&["STOP"], from, timeout).is_none() {
         // Already paused (e.g. a debug stop) emits no event: check status.
-        let st = qmp
-            .execute("query-status", None, timeout)
-            .map_err(|e| VmError::Engine(e.to_string()))?;
+        let st = qmp.execute("query-status", None, timeout)?;
         if st.get("running").and_then(|v| v.as_bool()) != Some(false) {
-            return Err(VmError::Engine("vCPUs did not stop in time".into()));
+            return Err(VmError::Timeout("vCPUs did not stop in time".into()));
         }
     }
     capture_regs(qmp, timeout, nr_cpus)
@@ -102,9 +100,7 @@ pub(crate) fn capture_regs(
     timeout: Duration,
     nr_cpus: u32,
 ) -> Result<Vec<CpuRegs>, VmError> {
-    let text = qmp
-        .hmp("info registers -a", timeout)
-        .map_err(|e| VmError::Engine(e.to_string()))?;
+    let text = qmp.hmp("info registers -a", timeout)?;
     let regs = regs::parse_info_registers(&text);
     if regs.len() as u32 != nr_cpus {
         tracing::warn!(got = regs.len(), want = nr_cpus, "register dump incomplete");
@@ -167,6 +163,15 @@ pub(crate) enum DebugCmd {
 /// The channel to the active watcher, if any.
 pub(crate) type DebugLink = Arc<Mutex<Option<std::sync::mpsc::Sender<DebugCmd>>>>;
 
+impl crate::frozen::Thaw for QemuVm {
+    fn thaw(&self) -> Result<(), VmError> {
+        self.cont()
+    }
+    fn engine_dump(&self, path: &Path) -> Result<(), VmError> {
+        self.dump_guest_memory(path)
+    }
+}
+
 /// A private temporary directory removed on drop.
 mod tempdir {
     use std::path::{Path, PathBuf};
@@ -226,8 +231,7 @@ impl QemuVm {
                 spec.memory_mb
             )));
         }
-        let dir =
-            tempdir::Dir::new("ktstr-vm").map_err(|e| VmError::Io(format!("temp dir: {e}")))?;
+        let dir = tempdir::Dir::new("ktstr-vm").map_err(VmError::io("temp dir"))?;
         let qmp_path = dir.path().join("qmp.sock");
         let gdb_path = dir.path().join("gdb.sock");
         let channels: Vec<(u32, PathBuf)> = spec
@@ -245,10 +249,8 @@ impl QemuVm {
             std::process::id(),
             NEXT_ID.fetch_add(1, Ordering::Relaxed)
         );
-        let mut ram =
-            GuestRam::create(&shm_dir(), &stem, &sizes, pc_layout(total)).map_err(|e| {
-                VmError::Io(format!("guest RAM backing in {}: {e}", shm_dir().display()))
-            })?;
+        let mut ram = GuestRam::create(&shm_dir(), &stem, &sizes, pc_layout(total))
+            .map_err(|e| VmError::io(format!("guest RAM backing in {}", shm_dir().display()))(e))?;
         let ram_paths = ram.paths();
         let socks = Sockets {
             qmp: &qmp_path,
@@ -294,7 +296,7 @@ impl QemuVm {
                         }
                         c.close();
                     })
-                    .map_err(|e| VmError::Io(e.to_string()))?,
+                    .map_err(VmError::io("spawning a console/stderr reader"))?,
             );
         }
         if let Some(mut err) = child.stderr.take() {
@@ -314,7 +316,7 @@ impl QemuVm {
                             }
                         }
                     })
-                    .map_err(|e| VmError::Io(e.to_string()))?,
+                    .map_err(VmError::io("spawning a console/stderr reader"))?,
             );
         }
         let qmp = match Qmp::connect(&qmp_path, Duration::from_secs(20)) {
@@ -379,7 +381,7 @@ impl QemuVm {
             .find(|(p, _)| *p == port)
             .map(|(_, s)| s.clone())
             .ok_or_else(|| VmError::Spec(format!("no channel {port} in the VmSpec")))?;
-        UnixStream::connect(&path).map_err(|e| VmError::Io(format!("channel {port}: {e}")))
+        UnixStream::connect(&path).map_err(VmError::io(format!("channel {port}")))
     }
 
     /// Stop every vCPU (QMP `stop`, then wait for the STOP event) and
@@ -409,7 +411,7 @@ impl QemuVm {
                     }
                     Err(_) => {
                         self.gate.release();
-                        return Err(VmError::Engine(
+                        return Err(VmError::Timeout(
                             "the watcher did not pause the guest in time".into(),
                         ));
                     }
@@ -443,13 +445,13 @@ impl QemuVm {
                     .qmp
                     .execute("cont", None, Duration::from_secs(10))
                     .map(|_| ())
-                    .map_err(|e| VmError::Engine(e.to_string())),
+                    .map_err(VmError::from),
             }
         } else {
             self.qmp
                 .execute("cont", None, Duration::from_secs(10))
                 .map(|_| ())
-                .map_err(|e| VmError::Engine(e.to_string()))
+                .map_err(VmError::from)
         };
         self.gate.release();
         r
@@ -476,7 +478,7 @@ impl QemuVm {
                 Duration::from_secs(120),
             )
             .map(|_| ())
-            .map_err(|e| VmError::Engine(e.to_string()))
+            .map_err(VmError::from)
     }
 
     /// The gdbstub socket (for watchpoints).

@@ -15,10 +15,14 @@ use std::time::{Duration, Instant};
 const MAX_LINE: usize = 16 << 20;
 
 /// A QMP failure.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("QMP connection: {0}")]
-    Io(String),
+    #[error("QMP connection ({what}): {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("QMP command `{cmd}` failed: {class}: {desc}")]
     Command {
         cmd: String,
@@ -54,6 +58,15 @@ pub struct Qmp {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+impl QmpError {
+    fn io(source: std::io::Error) -> Self {
+        QmpError::Io {
+            what: "socket".into(),
+            source,
+        }
+    }
+}
+
 impl Qmp {
     /// Connect (retrying until `timeout` while QEMU starts), read the
     /// greeting and negotiate capabilities.
@@ -66,19 +79,22 @@ impl Qmp {
                     let _ = e;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) => return Err(QmpError::Io(format!("{}: {e}", path.display()))),
+                Err(source) => {
+                    return Err(QmpError::Io {
+                        what: path.display().to_string(),
+                        source,
+                    });
+                }
             }
         };
-        let read_half = stream
-            .try_clone()
-            .map_err(|e| QmpError::Io(e.to_string()))?;
+        let read_half = stream.try_clone().map_err(QmpError::io)?;
         let (tx, rx) = mpsc::channel();
         let events: Arc<(Mutex<Events>, Condvar)> = Arc::default();
         let ev2 = events.clone();
         let reader = std::thread::Builder::new()
             .name("ktstr-qmp".into())
             .spawn(move || reader_loop(read_half, tx, ev2))
-            .map_err(|e| QmpError::Io(e.to_string()))?;
+            .map_err(QmpError::io)?;
         let q = Self {
             writer: Mutex::new(stream),
             replies: Mutex::new(rx),
