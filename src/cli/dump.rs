@@ -46,8 +46,7 @@ pub fn analyze(
         KernelImage::open(vmlinux).map_err(|e| anyhow::anyhow!("{}: {e}", vmlinux.display()))?,
     );
     let core = Vmcore::open(vmcore).map_err(|e| anyhow::anyhow!("{}: {e}", vmcore.display()))?;
-    let (info, cpus) = (core.vmcoreinfo.clone(), core.cpus.clone());
-    let k = Kernel::discover(core, image, &cpus, info.as_ref())?;
+    let k = Kernel::from_vmcore(core, image)?;
     let s = snapshot(&k, &CollectOptions { hz, tasks: true });
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);

@@ -4,10 +4,8 @@
 //!
 //! `cargo run -p ktstr-introspect --example offline_dump -- VMLINUX VMCORE`
 
-use ktstr_introspect::collect::{CollectOptions, snapshot};
-use ktstr_introspect::image::KernelImage;
-use ktstr_introspect::kernel::Kernel;
-use ktstr_introspect::vmcore::Vmcore;
+use ktstr_introspect::render::safe;
+use ktstr_introspect::{CollectOptions, Kernel, KernelImage, Vmcore, snapshot};
 use std::sync::Arc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,9 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let image = Arc::new(KernelImage::open(vmlinux.as_ref())?);
-    let core = Vmcore::open(vmcore.as_ref())?;
-    let (info, cpus) = (core.vmcoreinfo.clone(), core.cpus.clone());
-    let k = Kernel::discover(core, image, &cpus, info.as_ref())?;
+    let k = Kernel::from_vmcore(Vmcore::open(vmcore.as_ref())?, image)?;
     println!(
         "KASLR via {:?}: slide {:#x}",
         k.kaslr_source(),
@@ -36,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let curr = c
             .curr
             .as_ref()
-            .map_or("-".to_string(), |t| format!("{}[{}]", t.pid, t.comm));
+            .map_or("-".to_string(), |t| format!("{}[{}]", t.pid, safe(&t.comm)));
         println!(
             "cpu {}: running {curr}, {} runnable on sched_ext",
             c.cpu,
@@ -47,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let who: Vec<String> = d
             .tasks
             .iter()
-            .map(|t| format!("{}[{}]", t.pid, t.comm))
+            .map(|t| format!("{}[{}]", t.pid, safe(&t.comm)))
             .collect();
         println!("{} (id {:#x}): {}", d.origin, d.id, who.join(" "));
     }

@@ -4,6 +4,7 @@
 //! resolve a dotted field path (`scx.dsq_vtime`, `se.avg.util_est`)
 //! through nested structs, anonymous unions and typedefs to an offset and
 //! a size, report bitfields as such, and read function prototypes.
+#![deny(clippy::arithmetic_side_effects)]
 
 use btf_rs::{Btf as RawBtf, BtfType, Type};
 
@@ -151,9 +152,9 @@ impl Btf {
                 return Ok(Some((m.bit_offset() as u64, m.bitfield_size(), mty)));
             }
             if mname.is_empty()
-                && let Some((off, bf, tid)) = self.member(mty, name, depth + 1)?
+                && let Some((off, bf, tid)) = self.member(mty, name, depth.saturating_add(1))?
             {
-                return Ok(Some((m.bit_offset() as u64 + off, bf, tid)));
+                return Ok(Some(((m.bit_offset() as u64).saturating_add(off), bf, tid)));
             }
         }
         Ok(None)
@@ -182,7 +183,7 @@ impl Btf {
                     ty: walked.clone(),
                     field: part.to_string(),
                 })?;
-            bits += off;
+            bits = bits.saturating_add(off);
             last = Some((bf, tid));
             cur = tid;
             walked = format!("{walked}.{part}");
@@ -248,7 +249,7 @@ impl Btf {
         };
         let inner = |x: &dyn BtfType| {
             x.get_type_id()
-                .map(|i| self.type_name_depth(i, depth + 1))
+                .map(|i| self.type_name_depth(i, depth.saturating_add(1)))
                 .unwrap_or_else(|| "void".into())
         };
         match &t {

@@ -1,23 +1,31 @@
 //! Build a [`SchedSnapshot`] from a [`Kernel`]: per-CPU `rq->scx`, every
 //! DSQ (local, bypass, global, user), `scx_tasks`, the scheduler instance,
 //! task details and the EEVDF view. Works on 6.16+ kernels (`scx_root`)
-//! and on 6.12 (globals). Problems are recorded, never panicked on.
+//! and on 6.12 (globals). Problems are recorded, never panicked on;
+//! values that break kernel guarantees carry a suspect mark
+//! ([`crate::validate`]); every address computed from a guest value is
+//! checked; and a global budget across walks bounds the work and the
+//! output however the lists are crafted.
+#![deny(clippy::arithmetic_side_effects)]
 
 use crate::getters;
 use crate::kernel::Kernel;
 use crate::mem::PhysMem;
 use crate::offsets::{DsqOffsets, Offsets};
 use crate::snapshot::*;
-use crate::walk::{MAX_NODES_PER_LIST, list_entries, rhashtable_entries};
+use crate::validate::{self, DsqKind};
+use crate::walk::{MAX_NODES_PER_LIST, Walk, field_addr as at, list_entries, rhashtable_entries};
 use std::collections::{BTreeMap, HashMap};
 
-/// `SCX_TASK_CURSOR` in `sched_ext_entity.flags`: a `scx_tasks` entry that
-/// is an iterator's cursor, not a task.
-pub const SCX_TASK_CURSOR: u32 = 1 << 31;
+pub use crate::helpers::SCX_TASK_CURSOR;
 /// `SCX_DSQ_LNODE_ITER_CURSOR` in `scx_dsq_list_node.flags`.
 pub const SCX_DSQ_LNODE_ITER_CURSOR: u32 = 1;
 /// Most task details collected in one snapshot.
-pub const MAX_TASKS: usize = 8192;
+pub const MAX_TASKS: usize = crate::helpers::MAX_TASKS;
+/// Most task references (list entries) across every walk of a snapshot.
+pub const MAX_TASK_REFS: usize = 65_536;
+/// Most DSQs reported.
+pub const MAX_DSQS: usize = 8192;
 
 /// Knobs for one collection.
 #[derive(Debug, Clone)]
@@ -44,6 +52,9 @@ struct Collector<'a, M: PhysMem> {
     problems: Vec<String>,
     found: BTreeMap<u64, Vec<String>>,
     comm_cache: HashMap<u64, TaskRef>,
+    /// Task references left in the global budget.
+    refs_left: usize,
+    budget_exhausted: bool,
 }
 
 /// Collect a snapshot with offsets freshly resolved from the image's BTF.
@@ -64,6 +75,8 @@ pub fn snapshot_with<M: PhysMem>(
         problems: Vec::new(),
         found: BTreeMap::new(),
         comm_cache: HashMap::new(),
+        refs_left: MAX_TASK_REFS,
+        budget_exhausted: false,
     };
     let p = k.params();
     let mut s = SchedSnapshot {
@@ -81,14 +94,30 @@ pub fn snapshot_with<M: PhysMem>(
         c.k.sym_u64("jiffies_64")
             .map_err(|e| c.problem("jiffies_64", e))
             .ok();
-    let offs: Vec<u64> = match k.per_cpu_offsets() {
-        Ok(v) => v.to_vec(),
+    // Ages from impossible jiffies would be impossible too: drop them.
+    let age_jiffies = match s.jiffies.map(|j| (j, validate::jiffies(j))) {
+        Some((_, Some(why))) => {
+            s.suspect.push(why);
+            None
+        }
+        Some((j, None)) => Some(j),
+        None => None,
+    };
+    // (cpu, offset) of every possible CPU whose per-CPU offset is sane.
+    let offs: Vec<(u32, u64)> = match k.per_cpu() {
+        Ok(pc) => {
+            s.nr_cpus = pc.offsets.len() as u32;
+            s.suspect.extend(pc.count_suspect.clone());
+            for (cpu, why) in &pc.bad {
+                s.suspect.push(format!("cpu {cpu}: {why}; not read"));
+            }
+            pc.good().collect()
+        }
         Err(e) => {
             c.problem("__per_cpu_offset", e);
             Vec::new()
         }
     };
-    s.nr_cpus = offs.len() as u32;
     let rq_base = k
         .sym("runqueues")
         .map_err(|e| c.problem("runqueues", e))
@@ -96,8 +125,8 @@ pub fn snapshot_with<M: PhysMem>(
     let rqs: Vec<(u32, u64)> = match rq_base {
         Some(b) => offs
             .iter()
-            .enumerate()
-            .map(|(i, o)| (i as u32, b.wrapping_add(*o)))
+            // Modular, as per_cpu_ptr() (see Kernel::per_cpu_ptr).
+            .map(|&(cpu, o)| (cpu, b.wrapping_add(o)))
             .collect(),
         None => Vec::new(),
     };
@@ -116,8 +145,14 @@ pub fn snapshot_with<M: PhysMem>(
     s.scx_tasks_truncated = trunc;
     if opts.tasks {
         let found = std::mem::take(&mut c.found);
+        if found.len() > MAX_TASKS {
+            c.problems.push(format!(
+                "{} tasks found; details for the first {MAX_TASKS}",
+                found.len()
+            ));
+        }
         for (kva, lists) in found.into_iter().take(MAX_TASKS) {
-            match c.task_info(kva, s.jiffies, opts.hz) {
+            match c.task_info(kva, age_jiffies, opts.hz) {
                 Ok(mut t) => {
                     t.found_on = lists;
                     s.tasks.push(t);
@@ -128,6 +163,7 @@ pub fn snapshot_with<M: PhysMem>(
         s.tasks.sort_by_key(|t| t.pid);
     }
     s.problems = c.problems;
+    s.budget_exhausted = c.budget_exhausted;
     s
 }
 
@@ -149,18 +185,52 @@ impl<M: PhysMem> Collector<'_, M> {
             return Some(t.clone());
         }
         let to = self.o.task.as_ref()?;
-        let pid = self.k.read_u32(kva + to.pid.off).ok()? as i32;
+        let pid = self.k.read_u32(at(kva, to.pid.off)?).ok()? as i32;
         let comm = self
             .k
-            .read_cstr(kva + to.comm.off, to.comm.size as usize)
+            .read_cstr(at(kva, to.comm.off)?, to.comm.size as usize)
             .ok()?;
-        let t = TaskRef { pid, comm, kva };
-        self.comm_cache.insert(kva, t.clone());
+        let suspect = validate::pid(pid)
+            .into_iter()
+            .chain(validate::comm(&comm))
+            .collect();
+        let t = TaskRef {
+            pid,
+            comm,
+            kva,
+            suspect,
+        };
+        if self.comm_cache.len() < MAX_TASK_REFS {
+            self.comm_cache.insert(kva, t.clone());
+        }
         Some(t)
     }
 
-    /// Tasks from a walk, tagging each with where it was found.
+    /// Record a walk's problems under `what`.
+    fn walk_problems(&mut self, what: &str, w: &Walk) {
+        if let Some(r) = &w.reason {
+            let rec = if w.recovered > 0 {
+                format!(" ({} entries recovered walking backwards)", w.recovered)
+            } else {
+                String::new()
+            };
+            self.problems.push(format!("{what}: {r}{rec}"));
+        }
+    }
+
+    /// Tasks from a walk, tagging each with where it was found; bounded by
+    /// the global budget of task references.
     fn refs(&mut self, items: &[u64], where_: &str) -> Vec<TaskRef> {
+        let take = items.len().min(self.refs_left);
+        if take < items.len() && !self.budget_exhausted {
+            self.budget_exhausted = true;
+            self.problems.push(format!(
+                "budget of {MAX_TASK_REFS} task references across walks exhausted at {where_}; \
+                 later lists are cut short"
+            ));
+        }
+        self.refs_left = self.refs_left.saturating_sub(take);
+        let items = &items[..take];
         let mut out = Vec::with_capacity(items.len());
         for &kva in items {
             match self.task_ref(kva) {
@@ -183,10 +253,12 @@ impl<M: PhysMem> Collector<'_, M> {
             cpu,
             ..Default::default()
         };
-        st.rq_nr_running = k.read_u32(rq + ro.nr_running.off).unwrap_or(0);
-        if let Ok(curr) = k.read_u64(rq + ro.curr.off)
-            && curr != 0
-        {
+        st.rq_nr_running = rd(k, rq, Some(ro.nr_running)).unwrap_or(0) as u32;
+        st.suspect.extend(validate::task_count(
+            "rq->nr_running",
+            u64::from(st.rq_nr_running),
+        ));
+        if let Some(curr) = rd(k, rq, Some(ro.curr)).filter(|&c| c != 0) {
             st.curr = self.task_ref(curr);
             if st.curr.is_some() {
                 self.note(curr, format!("curr cpu {cpu}"));
@@ -195,33 +267,30 @@ impl<M: PhysMem> Collector<'_, M> {
         let (Some(scx), Some(so)) = (ro.scx, self.o.scx_rq) else {
             return Some(st);
         };
-        let base = rq + scx;
-        let rd = |f: Option<crate::offsets::Field>| {
-            f.and_then(|f| k.read_uint(base + f.off, f.size).ok())
-        };
-        st.nr_running = rd(Some(so.nr_running)).unwrap_or(0) as u32;
-        st.flags = rd(Some(so.flags)).unwrap_or(0) as u32;
-        st.cpu_released = rd(so.cpu_released).map(|v| v != 0);
-        st.ops_qseq = rd(so.ops_qseq);
-        st.kick_sync = rd(so.kick_sync.or(so.pnt_seq));
-        st.nr_immed = rd(so.nr_immed).map(|v| v as u32);
-        st.clock = rd(so.clock);
+        let base = at(rq, scx)?;
+        st.nr_running = rd(k, base, Some(so.nr_running)).unwrap_or(0) as u32;
+        st.suspect.extend(validate::task_count(
+            "rq->scx.nr_running",
+            u64::from(st.nr_running),
+        ));
+        st.flags = rd(k, base, Some(so.flags)).unwrap_or(0) as u32;
+        st.cpu_released = rd(k, base, so.cpu_released).map(|v| v != 0);
+        st.ops_qseq = rd(k, base, so.ops_qseq);
+        st.kick_sync = rd(k, base, so.kick_sync.or(so.pnt_seq));
+        st.nr_immed = rd(k, base, so.nr_immed).map(|v| v as u32);
+        st.clock = rd(k, base, so.clock);
         if let (Some(see), Some(to)) = (self.o.see, self.o.task)
             && let Some(scx_in_task) = to.scx
+            && let Some(head) = at(base, so.runnable_list)
         {
             let w = list_entries(
                 k,
-                base + so.runnable_list,
-                scx_in_task + see.runnable_node,
+                head,
+                scx_in_task.saturating_add(see.runnable_node),
                 MAX_NODES_PER_LIST,
                 |_| false,
             );
-            if w.broken {
-                self.problems.push(format!(
-                    "cpu {cpu} runnable_list: broken pointer after {} entries",
-                    w.items.len()
-                ));
-            }
+            self.walk_problems(&format!("cpu {cpu} runnable_list"), &w);
             st.runnable_truncated = w.truncated;
             st.runnable = self.refs(&w.items, &format!("runnable cpu {cpu}"));
         }
@@ -230,24 +299,21 @@ impl<M: PhysMem> Collector<'_, M> {
 
     fn cfs_state(&mut self, cpu: u32, rq: u64) -> Option<CfsRqState> {
         let (ro, fo) = (self.o.rq?, self.o.fair?);
-        let cfs = rq + ro.cfs?;
+        let cfs = at(rq, ro.cfs?)?;
         let k = self.k;
-        let rd = |base: u64, f: Option<crate::offsets::Field>| {
-            f.and_then(|f| k.read_uint(base + f.off, f.size).ok())
-        };
-        let avg = fo.cfs_avg.map(|a| cfs + a);
+        let avg = fo.cfs_avg.and_then(|a| at(cfs, a));
         Some(CfsRqState {
             cpu,
-            nr_queued: rd(cfs, fo.cfs_nr_running).map(|v| v as u32),
-            h_nr_queued: rd(cfs, fo.cfs_h_nr_running).map(|v| v as u32),
-            min_vruntime: rd(cfs, fo.cfs_min_vruntime.or(fo.cfs_zero_vruntime)),
-            load_avg: avg.and_then(|a| rd(a, fo.avg_load_avg)),
-            runnable_avg: avg.and_then(|a| rd(a, fo.avg_runnable_avg)),
-            util_avg: avg.and_then(|a| rd(a, fo.avg_util_avg)),
+            nr_queued: rd(k, cfs, fo.cfs_nr_running).map(|v| v as u32),
+            h_nr_queued: rd(k, cfs, fo.cfs_h_nr_running).map(|v| v as u32),
+            min_vruntime: rd(k, cfs, fo.cfs_min_vruntime.or(fo.cfs_zero_vruntime)),
+            load_avg: avg.and_then(|a| rd(k, a, fo.avg_load_avg)),
+            runnable_avg: avg.and_then(|a| rd(k, a, fo.avg_runnable_avg)),
+            util_avg: avg.and_then(|a| rd(k, a, fo.avg_util_avg)),
             util_est: avg
-                .and_then(|a| rd(a, fo.avg_util_est))
+                .and_then(|a| rd(k, a, fo.avg_util_est))
                 .map(|v| getters::util_est_value(v as u32)),
-            cpu_capacity: rd(rq, ro.cpu_capacity),
+            cpu_capacity: rd(k, rq, ro.cpu_capacity),
         })
     }
 
@@ -278,14 +344,11 @@ impl<M: PhysMem> Collector<'_, M> {
                     return None;
                 }
             };
-            let rd = |f: Option<crate::offsets::Field>| {
-                f.and_then(|f| k.read_uint(sch + f.off, f.size).ok())
-            };
-            let exit_kind = rd(Some(so.exit_kind)).unwrap_or(0) as u32;
+            let exit_kind = rd(k, sch, Some(so.exit_kind)).unwrap_or(0) as u32;
             let ops_name = so
                 .ops_name
-                .and_then(|f| k.read_cstr(sch + f.off, f.size.min(128) as usize).ok());
-            let (exit_reason, exit_msg) = match rd(so.exit_info) {
+                .and_then(|f| k.read_cstr(at(sch, f.off)?, f.size.min(128) as usize).ok());
+            let (exit_reason, exit_msg) = match rd(k, sch, so.exit_info) {
                 Some(ei) if ei != 0 => self.exit_info(ei),
                 _ => (None, None),
             };
@@ -298,16 +361,16 @@ impl<M: PhysMem> Collector<'_, M> {
                 exit_kind_name: kind_name(exit_kind),
                 exit_reason,
                 exit_msg,
-                aborting: rd(so.aborting).map(|v| v != 0),
-                bypass_depth: rd(so.bypass_depth).map(|v| v as u32 as i32),
-                watchdog_timeout: rd(so.watchdog_timeout),
+                aborting: rd(k, sch, so.aborting).map(|v| v != 0),
+                bypass_depth: rd(k, sch, so.bypass_depth).map(|v| v as u32 as i32),
+                watchdog_timeout: rd(k, sch, so.watchdog_timeout),
             });
         }
         // Kernels before 6.16: globals.
         let exit_kind = k.sym_u32("scx_exit_kind").ok()?;
         let ops_name = k.sym("scx_ops").ok().and_then(|a| {
             let f = btf.field("sched_ext_ops", "name").ok()?;
-            k.read_cstr(a + f.offset, f.size.min(128) as usize).ok()
+            k.read_cstr(at(a, f.offset)?, f.size.min(128) as usize).ok()
         });
         let (exit_reason, exit_msg) = match k.sym_u64("scx_exit_info") {
             Ok(ei) if ei != 0 => self.exit_info(ei),
@@ -334,7 +397,7 @@ impl<M: PhysMem> Collector<'_, M> {
         };
         let k = self.k;
         let s = |f: Option<crate::offsets::Field>, max: usize| {
-            let p = k.read_u64(ei + f?.off).ok()?;
+            let p = k.read_u64(at(ei, f?.off)?).ok()?;
             (p != 0)
                 .then(|| k.read_cstr(p, max).ok())
                 .flatten()
@@ -343,43 +406,58 @@ impl<M: PhysMem> Collector<'_, M> {
         (s(eo.reason, 256), s(eo.msg, 1024))
     }
 
-    fn one_dsq(&mut self, dsq: u64, origin: String, d: &DsqOffsets) -> DsqState {
+    fn one_dsq(&mut self, dsq: u64, kind: DsqKind, origin: String, d: &DsqOffsets) -> DsqState {
         let k = self.k;
         let mut st = DsqState {
             origin,
             kva: dsq,
             ..Default::default()
         };
-        st.id = k.read_u64(dsq + d.id.off).unwrap_or(0);
-        st.nr = k.read_u32(dsq + d.nr.off).unwrap_or(0);
-        st.seq = d.seq.and_then(|f| k.read_u32(dsq + f.off).ok());
+        st.id = rd(k, dsq, Some(d.id)).unwrap_or(0);
+        st.nr = rd(k, dsq, Some(d.nr)).unwrap_or(0) as u32;
+        st.seq = rd(k, dsq, d.seq).map(|v| v as u32);
+        st.suspect.extend(validate::dsq_id(kind, st.id));
+        st.suspect
+            .extend(validate::task_count("nr", u64::from(st.nr)));
         let (Some(ln), Some(see), Some(to)) = (self.o.dsq_lnode, self.o.see, self.o.task) else {
             return st;
         };
         let Some(scx) = to.scx else { return st };
+        let Some(head) = at(dsq, d.list) else {
+            return st;
+        };
         // List entries are scx_dsq_list_node.node; iterator cursors are
         // bare list nodes flagged SCX_DSQ_LNODE_ITER_CURSOR.
-        let node_in_task = scx + see.dsq_list + ln.node;
-        let flags_rel = ln.flags.off as i64 - ln.node as i64;
-        let w = list_entries(k, dsq + d.list, node_in_task, MAX_NODES_PER_LIST, |node| {
-            k.read_u32(node.wrapping_add(flags_rel as u64))
+        let node_in_task = scx.saturating_add(see.dsq_list).saturating_add(ln.node);
+        let flags_rel = ln.flags.off.wrapping_sub(ln.node);
+        let w = list_entries(k, head, node_in_task, MAX_NODES_PER_LIST, |node| {
+            k.read_u32(node.wrapping_add(flags_rel))
                 .is_ok_and(|f| f & SCX_DSQ_LNODE_ITER_CURSOR != 0)
         });
-        if w.broken {
-            self.problems.push(format!(
-                "dsq {} ({}): broken list after {} entries",
-                st.id,
-                st.origin,
-                w.items.len()
-            ));
-        }
+        self.walk_problems(&format!("dsq {:#x} ({})", st.id, st.origin), &w);
         st.truncated = w.truncated;
         let where_ = format!("dsq {}", st.origin);
         st.tasks = self.refs(&w.items, &where_);
+        if !w.truncated && !w.broken && !self.budget_exhausted && w.items.len() != st.nr as usize {
+            st.suspect.push(format!(
+                "nr {} but {} tasks on its list",
+                st.nr,
+                w.items.len()
+            ));
+        }
         st
     }
 
-    fn dsqs(&mut self, rqs: &[(u32, u64)], pcpu_offs: &[u64]) -> Vec<DsqState> {
+    fn push_dsq(&mut self, out: &mut Vec<DsqState>, dsq: DsqState) {
+        if out.len() < MAX_DSQS {
+            out.push(dsq);
+        } else if out.len() == MAX_DSQS {
+            self.problems
+                .push(format!("more than {MAX_DSQS} DSQs; the rest are not shown"));
+        }
+    }
+
+    fn dsqs(&mut self, rqs: &[(u32, u64)], pcpu_offs: &[(u32, u64)]) -> Vec<DsqState> {
         let mut out = Vec::new();
         let Some(d) = self.o.dsq else { return out };
         let k = self.k;
@@ -388,7 +466,10 @@ impl<M: PhysMem> Collector<'_, M> {
             && let Some(scx) = ro.scx
         {
             for &(cpu, rq) in rqs {
-                out.push(self.one_dsq(rq + scx + so.local_dsq, format!("local cpu {cpu}"), &d));
+                if let Some(local) = at(rq, scx.saturating_add(so.local_dsq)) {
+                    let st = self.one_dsq(local, DsqKind::Local, format!("local cpu {cpu}"), &d);
+                    self.push_dsq(&mut out, st);
+                }
             }
         }
         let nodes = k.nr_node_ids();
@@ -401,30 +482,44 @@ impl<M: PhysMem> Collector<'_, M> {
             (Some(sch), Some(so)) => {
                 // Per-CPU bypass DSQs in sch->pcpu.
                 if let (Some(pf), Some(bo)) = (so.pcpu, so.pcpu_bypass_dsq)
-                    && let Ok(pcpu) = k.read_u64(sch + pf.off)
-                    && pcpu != 0
+                    && let Some(pcpu) = rd(k, sch, Some(pf)).filter(|&p| p != 0)
                 {
-                    for (cpu, off) in pcpu_offs.iter().enumerate() {
-                        let dsq = pcpu.wrapping_add(*off).wrapping_add(bo);
-                        out.push(self.one_dsq(dsq, format!("bypass cpu {cpu}"), &d));
+                    for &(cpu, off) in pcpu_offs {
+                        if let Some(dsq) = at(pcpu.wrapping_add(off), bo) {
+                            let st =
+                                self.one_dsq(dsq, DsqKind::Bypass, format!("bypass cpu {cpu}"), &d);
+                            self.push_dsq(&mut out, st);
+                        }
                     }
                 }
                 // Per-node global DSQs: sch->pnode[node]->global_dsq.
                 if let (Some(pf), Some(go)) = (so.pnode, so.pnode_global_dsq)
-                    && let Ok(arr) = k.read_u64(sch + pf.off)
+                    && let Some(arr) = rd(k, sch, Some(pf))
                 {
                     for node in 0..nodes {
-                        match k.read_u64(arr + node as u64 * 8) {
-                            Ok(pn) if pn != 0 => {
-                                out.push(self.one_dsq(pn + go, format!("global node {node}"), &d))
+                        let slot = at(arr, u64::from(node).saturating_mul(8));
+                        match slot.map(|a| k.read_u64(a)) {
+                            Some(Ok(pn)) if pn != 0 => {
+                                if let Some(g) = at(pn, go) {
+                                    let st = self.one_dsq(
+                                        g,
+                                        DsqKind::Global,
+                                        format!("global node {node}"),
+                                        &d,
+                                    );
+                                    self.push_dsq(&mut out, st);
+                                }
                             }
-                            Ok(_) => {}
-                            Err(e) => self.problem(&format!("sch->pnode[{node}]"), e),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => self.problem(&format!("sch->pnode[{node}]"), e),
+                            None => {
+                                self.problem(&format!("sch->pnode[{node}]"), "address overflow")
+                            }
                         }
                     }
                 }
-                if let Some(rht) = self.o.rht {
-                    self.user_dsqs(sch + so.dsq_hash, &rht, &d, &mut out);
+                if let (Some(rht), Some(h)) = (self.o.rht, at(sch, so.dsq_hash)) {
+                    self.user_dsqs(h, &rht, &d, &mut out);
                 }
             }
             _ => {
@@ -433,10 +528,13 @@ impl<M: PhysMem> Collector<'_, M> {
                     && arr != 0
                 {
                     for node in 0..nodes {
-                        if let Ok(p) = k.read_u64(arr + node as u64 * 8)
+                        let slot = at(arr, u64::from(node).saturating_mul(8));
+                        if let Some(Ok(p)) = slot.map(|a| k.read_u64(a))
                             && p != 0
                         {
-                            out.push(self.one_dsq(p, format!("global node {node}"), &d));
+                            let st =
+                                self.one_dsq(p, DsqKind::Global, format!("global node {node}"), &d);
+                            self.push_dsq(&mut out, st);
                         }
                     }
                 }
@@ -457,46 +555,32 @@ impl<M: PhysMem> Collector<'_, M> {
     ) {
         let Some(hn) = d.hash_node else { return };
         let w = rhashtable_entries(self.k, ht, rht, hn);
-        if w.broken {
-            self.problems.push(format!(
-                "dsq_hash: broken chain after {} entries",
-                w.items.len()
-            ));
-        }
+        self.walk_problems("dsq_hash", &w);
         if w.truncated {
             self.problems
                 .push("dsq_hash: walk truncated at a cap".into());
         }
         for dsq in w.items {
-            out.push(self.one_dsq(dsq, "user".into(), d));
+            if out.len() > MAX_DSQS {
+                break;
+            }
+            let st = self.one_dsq(dsq, DsqKind::User, "user".into(), d);
+            self.push_dsq(out, st);
         }
     }
 
     fn scx_tasks(&mut self) -> (Vec<TaskRef>, bool) {
-        let k = self.k;
-        let (Ok(head), Some(see), Some(to)) = (k.sym("scx_tasks"), self.o.see, self.o.task) else {
+        if self.k.sym("scx_tasks").is_err() {
             return (Vec::new(), false);
-        };
-        let Some(scx) = to.scx else {
-            return (Vec::new(), false);
-        };
-        let flags_rel = see.flags.off as i64 - see.tasks_node as i64;
-        let w = list_entries(
-            k,
-            head,
-            scx + see.tasks_node,
-            crate::collect::MAX_TASKS,
-            |node| {
-                k.read_u32(node.wrapping_add(flags_rel as u64))
-                    .is_ok_and(|f| f & SCX_TASK_CURSOR != 0)
-            },
-        );
-        if w.broken {
-            self.problems.push(format!(
-                "scx_tasks: broken list after {} entries",
-                w.items.len()
-            ));
         }
+        let w = match crate::helpers::for_each_scx_task(self.k, self.o) {
+            Ok(w) => w,
+            Err(e) => {
+                self.problem("scx_tasks", e);
+                return (Vec::new(), false);
+            }
+        };
+        self.walk_problems("scx_tasks", &w);
         (self.refs(&w.items, "scx_tasks"), w.truncated)
     }
 
@@ -506,72 +590,76 @@ impl<M: PhysMem> Collector<'_, M> {
         jiffies: Option<u64>,
         hz: u32,
     ) -> Result<TaskInfo, crate::kernel::KernelError> {
+        use crate::kernel::{KernelError, field_addr};
         let k = self.k;
         let to = self
             .o
             .task
-            .ok_or_else(|| crate::kernel::KernelError::Invalid("no task_struct layout".into()))?;
-        let rd =
-            |f: Option<crate::offsets::Field>| f.and_then(|f| k.read_uint(t + f.off, f.size).ok());
-        let state = k.read_uint(t + to.state.off, to.state.size)? as u32;
-        let exit_state = rd(to.exit_state).unwrap_or(0) as u32;
-        let class_ptr = rd(to.sched_class).unwrap_or(0);
+            .ok_or_else(|| KernelError::Invalid("no task_struct layout".into()))?;
+        let state = k.read_uint(field_addr(t, to.state.off)?, to.state.size)? as u32;
+        let exit_state = rd(k, t, to.exit_state).unwrap_or(0) as u32;
+        let class_ptr = rd(k, t, to.sched_class).unwrap_or(0);
         let mut info = TaskInfo {
-            pid: k.read_u32(t + to.pid.off)? as i32,
-            tgid: k.read_u32(t + to.tgid.off)? as i32,
-            comm: k.read_cstr(t + to.comm.off, to.comm.size as usize)?,
+            pid: k.read_u32(field_addr(t, to.pid.off)?)? as i32,
+            tgid: k.read_u32(field_addr(t, to.tgid.off)?)? as i32,
+            comm: k.read_cstr(field_addr(t, to.comm.off)?, to.comm.size as usize)?,
             state: getters::task_state_letter(state, exit_state).to_string(),
             class: getters::sched_class_name(k, class_ptr),
-            policy: rd(to.policy).map(|v| v as u32),
-            on_rq: rd(to.on_rq).map(|v| v as u32),
-            cpu: rd(to.cpu).map(|v| v as u32),
-            start_time_ns: rd(to.start_time),
+            policy: rd(k, t, to.policy).map(|v| v as u32),
+            on_rq: rd(k, t, to.on_rq).map(|v| v as u32),
+            cpu: rd(k, t, to.cpu).map(|v| v as u32),
+            start_time_ns: rd(k, t, to.start_time),
             kva: t,
             ..Default::default()
         };
+        info.suspect.extend(validate::pid(info.pid));
+        info.suspect
+            .extend(validate::pid(info.tgid).map(|w| format!("tgid: {w}")));
+        info.suspect.extend(validate::comm(&info.comm));
         if let Some(m) = to.cpus_mask {
-            let nbits = k.per_cpu_offsets().map(|o| o.len()).unwrap_or(64).min(8192);
+            let nbits = k.per_cpu().map(|p| p.offsets.len()).unwrap_or(64).min(8192);
             let bytes = nbits.div_ceil(8).min(m.size as usize);
             let mut b = vec![0u8; bytes];
-            if k.read(t + m.off, &mut b).is_ok() {
+            if k.read(field_addr(t, m.off)?, &mut b).is_ok() {
                 info.cpus_allowed = getters::cpulist(&b, nbits);
             }
         }
         if let (Some(scx), Some(see)) = (to.scx, self.o.see) {
-            let b = t + scx;
-            let r = |f: Option<crate::offsets::Field>| {
-                f.and_then(|f| k.read_uint(b + f.off, f.size).ok())
-            };
-            info.scx_flags = r(Some(see.flags)).unwrap_or(0) as u32;
-            info.dsq_vtime = r(see.dsq_vtime);
-            info.slice = r(see.slice);
-            info.weight = r(see.weight).map(|v| v as u32);
-            if let Some(dsq) = r(Some(see.dsq)).filter(|&p| p != 0)
+            let b = field_addr(t, scx)?;
+            info.scx_flags = rd(k, b, Some(see.flags)).unwrap_or(0) as u32;
+            info.dsq_vtime = rd(k, b, see.dsq_vtime);
+            info.slice = rd(k, b, see.slice);
+            info.weight = rd(k, b, see.weight).map(|v| v as u32);
+            if let Some(dsq) = rd(k, b, Some(see.dsq)).filter(|&p| p != 0)
                 && let Some(d) = self.o.dsq
             {
-                info.dsq_id = k.read_u64(dsq + d.id.off).ok();
+                info.dsq_id = rd(k, dsq, Some(d.id));
             }
-            if let (Some(ra), Some(j)) = (r(see.runnable_at), jiffies)
+            if let (Some(ra), Some(j)) = (rd(k, b, see.runnable_at), jiffies)
                 && getters::scx_task_runnable(info.scx_flags)
             {
-                info.runnable_age_ms = Some(getters::jiffies_to_ms(j.saturating_sub(ra), hz));
+                let age = getters::jiffies_to_ms(j.saturating_sub(ra), hz);
+                info.suspect.extend(validate::runnable_age_ms(age));
+                info.runnable_age_ms = Some(age);
             }
         }
         if let (Some(se), Some(fo)) = (to.se, self.o.fair) {
-            let b = t + se;
-            let r = |f: Option<crate::offsets::Field>| {
-                f.and_then(|f| k.read_uint(b + f.off, f.size).ok())
-            };
-            info.vruntime = r(Some(fo.se_vruntime));
-            info.deadline = r(fo.se_deadline);
-            info.vlag = r(fo.se_vlag).map(|v| v as i64);
-            if let Some(avg) = fo.se_avg {
-                info.util_est = fo
-                    .avg_util_est
-                    .and_then(|f| k.read_uint(b + avg + f.off, f.size).ok())
-                    .map(|v| getters::util_est_value(v as u32));
+            let b = field_addr(t, se)?;
+            info.vruntime = rd(k, b, Some(fo.se_vruntime));
+            info.deadline = rd(k, b, fo.se_deadline);
+            info.vlag = rd(k, b, fo.se_vlag).map(|v| v as i64);
+            if let Some(avg) = fo.se_avg.and_then(|a| at(b, a)) {
+                info.util_est =
+                    rd(k, avg, fo.avg_util_est).map(|v| getters::util_est_value(v as u32));
             }
         }
         Ok(info)
     }
+}
+
+/// Read field `f` of the object at `base` (None: no such field, an
+/// overflowing address, or unreadable memory).
+fn rd<M: PhysMem>(k: &Kernel<M>, base: u64, f: Option<crate::offsets::Field>) -> Option<u64> {
+    let f = f?;
+    k.read_uint(at(base, f.off)?, f.size).ok()
 }

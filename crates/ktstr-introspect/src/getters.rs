@@ -1,5 +1,6 @@
 //! Semantics BTF cannot carry, in named getters. Each documents the kernel
 //! rule it encodes, so a change in the kernel has one place to follow.
+#![deny(clippy::arithmetic_side_effects)]
 
 use crate::kernel::Kernel;
 use crate::mem::PhysMem;
@@ -28,7 +29,9 @@ pub fn scx_task_runnable(flags: u32) -> bool {
 
 /// Jiffies to milliseconds at `hz`.
 pub fn jiffies_to_ms(j: u64, hz: u32) -> u64 {
-    j.saturating_mul(1000) / hz.max(1) as u64
+    j.saturating_mul(1000)
+        .checked_div(u64::from(hz))
+        .unwrap_or(0)
 }
 
 /// The /proc state letter for `__state` and `exit_state`
@@ -102,8 +105,8 @@ pub fn cpulist(bytes: &[u8], nbits: usize) -> String {
     while i < nbits {
         if set(i) {
             let s = i;
-            while i + 1 < nbits && set(i + 1) {
-                i += 1;
+            while i.saturating_add(1) < nbits && set(i.saturating_add(1)) {
+                i = i.saturating_add(1);
             }
             out.push(if s == i {
                 format!("{s}")
@@ -111,7 +114,7 @@ pub fn cpulist(bytes: &[u8], nbits: usize) -> String {
                 format!("{s}-{i}")
             });
         }
-        i += 1;
+        i = i.saturating_add(1);
     }
     out.join(",")
 }

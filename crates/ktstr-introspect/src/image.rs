@@ -30,6 +30,7 @@ pub struct KernelImage {
     symbols: Symbols,
     btf: Btf,
     banner: Option<Vec<u8>>,
+    build_id: Option<Vec<u8>>,
 }
 
 impl KernelImage {
@@ -40,6 +41,7 @@ impl KernelImage {
             path: path.display().to_string(),
             source,
         };
+        crate::vmcore::check_regular(path).map_err(|e| ImageError::Elf(e.to_string()))?;
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is private and read-only; a concurrent truncation of
         // the file by another process could fault, which is the accepted
@@ -83,10 +85,18 @@ impl KernelImage {
             let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
             Some(b[..end].to_vec())
         });
+        let build_id = elf
+            .iter_note_sections(data, Some(".note.gnu.build-id"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|n| n.n_type == goblin::elf::note::NT_GNU_BUILD_ID)
+            .map(|n| n.desc.to_vec());
         Ok(Self {
             symbols,
             btf,
             banner,
+            build_id,
         })
     }
 
@@ -104,6 +114,7 @@ impl KernelImage {
             symbols: Symbols::from_system_map(&map),
             btf,
             banner: None,
+            build_id: None,
         })
     }
 
@@ -113,12 +124,25 @@ impl KernelImage {
             symbols,
             btf,
             banner,
+            build_id: None,
         }
     }
 
     /// The `linux_banner` text of this build (`Linux version ...`).
     pub fn banner(&self) -> Option<&[u8]> {
         self.banner.as_deref()
+    }
+
+    /// The release of this build (`7.2.13`), the third word of its banner.
+    pub fn release(&self) -> Option<String> {
+        let b = String::from_utf8_lossy(self.banner.as_deref()?).into_owned();
+        let mut w = b.split_whitespace();
+        (w.next()? == "Linux" && w.next()? == "version").then(|| w.next().map(String::from))?
+    }
+
+    /// The GNU build id (`.note.gnu.build-id`), when the ELF has one.
+    pub fn build_id(&self) -> Option<&[u8]> {
+        self.build_id.as_deref()
     }
 
     pub fn symbols(&self) -> &Symbols {

@@ -10,7 +10,16 @@
 //!    against `asm_exc_divide_error`, as crash does;
 //! 4. nothing but memory: find `linux_banner` by scanning RAM (gives
 //!    phys_base), then read the kernel-image page directory of
-//!    `init_top_pgt` to find the virtual slide.
+//!    `init_top_pgt` to find the virtual slide. RAM holds several copies
+//!    of the banner text; each is tried until one yields a consistent
+//!    translation.
+//!
+//! A vmlinux from another build than the dump's kernel is refused
+//! (VMCOREINFO `OSRELEASE` / `BUILD-ID` against the image), rather than
+//! blamed on a wrong slide. Addresses computed from guest values are
+//! checked; per-CPU offsets are validated (non-zero, distinct, inside
+//! RAM) and a CPU whose offset is impossible is reported, not used.
+#![deny(clippy::arithmetic_side_effects)]
 
 use crate::image::KernelImage;
 use crate::mem::{MemError, PhysMem, PhysMemExt};
@@ -40,8 +49,57 @@ pub enum KernelError {
     Mem(#[from] MemError),
     #[error("KASLR discovery failed: {0}")]
     Discovery(String),
+    #[error(
+        "the vmlinux is from another build than this kernel: {what} (dump: {dump}, vmlinux: {image}); give the vmlinux of the kernel that wrote the dump"
+    )]
+    WrongImage {
+        what: &'static str,
+        dump: String,
+        image: String,
+    },
+    #[error("address overflow: {0}")]
+    Overflow(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// `base + off` for a guest pointer, or an overflow error naming both.
+pub fn field_addr(base: u64, off: u64) -> Result<u64> {
+    base.checked_add(off)
+        .ok_or_else(|| KernelError::Overflow(format!("{base:#x} + {off:#x}")))
+}
+
+/// The per-CPU areas: `__per_cpu_offset[cpu]` for each possible CPU (added
+/// to a per-CPU symbol modulo 2^64, as the kernel does), and
+/// the CPUs whose offset is impossible (zero, shared with another CPU, or
+/// pointing outside RAM), which are never read through.
+#[derive(Debug, Clone, Default)]
+pub struct PerCpu {
+    /// One entry per possible CPU (`nr_cpu_ids`, bounded by the array).
+    pub offsets: Vec<u64>,
+    /// (cpu, why its offset cannot be right).
+    pub bad: Vec<(u32, String)>,
+    /// Why the CPU count itself is suspect, if it is.
+    pub count_suspect: Option<String>,
+}
+
+impl PerCpu {
+    /// The offset of `cpu`, if it is a possible CPU with a sane offset.
+    pub fn get(&self, cpu: u32) -> Option<u64> {
+        if self.bad.iter().any(|(c, _)| *c == cpu) {
+            return None;
+        }
+        self.offsets.get(cpu as usize).copied()
+    }
+
+    /// Possible CPUs with a sane offset, with it.
+    pub fn good(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.offsets
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (i as u32, *o))
+            .filter(|(c, _)| !self.bad.iter().any(|(b, _)| b == c))
+    }
 }
 
 type Result<T> = std::result::Result<T, KernelError>;
@@ -63,7 +121,7 @@ pub struct Kernel<M: PhysMem> {
     image: Arc<KernelImage>,
     tr: Translator,
     source: KaslrSource,
-    pcpu: OnceLock<Vec<u64>>,
+    pcpu: OnceLock<PerCpu>,
 }
 
 impl<M: PhysMem> std::fmt::Debug for Kernel<M> {
@@ -106,6 +164,9 @@ impl<M: PhysMem> Kernel<M> {
         cpus: &[CpuRegs],
         vmcoreinfo: Option<&VmcoreInfo>,
     ) -> Result<Self> {
+        if let Some(info) = vmcoreinfo {
+            check_same_build(&image, info)?;
+        }
         let (p, source) = discover_params(&mem, &image, cpus, vmcoreinfo)?;
         Ok(Self::new(mem, image, p, source))
     }
@@ -163,13 +224,14 @@ impl<M: PhysMem> Kernel<M> {
     /// Read bytes at a runtime kernel virtual address (may span pages).
     pub fn read(&self, kva: u64, buf: &mut [u8]) -> Result<()> {
         let mut done = 0usize;
-        while done < buf.len() {
-            let va = kva.wrapping_add(done as u64);
-            let in_page = (0x1000 - (va & 0xfff)) as usize;
-            let n = in_page.min(buf.len() - done);
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            let va = field_addr(kva, done as u64)?;
+            // 1..=0x1000 bytes to the end of va's page.
+            let in_page = 0x1000usize.saturating_sub((va & 0xfff) as usize);
+            let n = in_page.min(rest.len());
             let pa = self.kva_to_pa(va)?;
-            self.mem.read_phys(pa, &mut buf[done..done + n])?;
-            done += n;
+            self.mem.read_phys(pa, &mut rest[..n])?;
+            done = done.saturating_add(n);
         }
         Ok(())
     }
@@ -177,13 +239,13 @@ impl<M: PhysMem> Kernel<M> {
     /// Write bytes at a runtime kernel virtual address (live VMs).
     pub fn write(&self, kva: u64, data: &[u8]) -> Result<()> {
         let mut done = 0usize;
-        while done < data.len() {
-            let va = kva.wrapping_add(done as u64);
-            let in_page = (0x1000 - (va & 0xfff)) as usize;
-            let n = in_page.min(data.len() - done);
+        while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
+            let va = field_addr(kva, done as u64)?;
+            let in_page = 0x1000usize.saturating_sub((va & 0xfff) as usize);
+            let n = in_page.min(rest.len());
             let pa = self.kva_to_pa(va)?;
-            self.mem.write_phys(pa, &data[done..done + n])?;
-            done += n;
+            self.mem.write_phys(pa, &rest[..n])?;
+            done = done.saturating_add(n);
         }
         Ok(())
     }
@@ -268,22 +330,59 @@ impl<M: PhysMem> Kernel<M> {
         }
     }
 
-    /// `__per_cpu_offset[0..nr_cpu_ids]`, with the zero tail (CPUs that
-    /// never got an area) cut off. Read once per snapshot.
-    pub fn per_cpu_offsets(&self) -> Result<&[u64]> {
+    /// `__per_cpu_offset[0..nr_cpu_ids]`, validated (see [`PerCpu`]).
+    /// Read once per snapshot.
+    pub fn per_cpu(&self) -> Result<&PerCpu> {
         if let Some(v) = self.pcpu.get() {
             return Ok(v);
         }
         let n = self.nr_cpu_ids()?;
         let base = self.sym("__per_cpu_offset")?;
-        let mut v = Vec::with_capacity(n as usize);
+        let mut pc = PerCpu::default();
+        // The array has NR_CPUS entries (its symbol's size / 8): more
+        // possible CPUs than that is impossible.
+        let cap = self
+            .image
+            .symbols()
+            .get("__per_cpu_offset")
+            .map(|s| s.size / 8)
+            .filter(|&c| c > 0)
+            .unwrap_or(u64::from(MAX_CPUS));
+        let n = if u64::from(n) > cap {
+            pc.count_suspect = Some(format!(
+                "nr_cpu_ids = {n} exceeds the {cap}-entry __per_cpu_offset array; reading {cap}"
+            ));
+            cap as u32
+        } else {
+            n
+        };
+        let probe = self.sym("runqueues").ok();
         for cpu in 0..n {
-            v.push(self.read_u64(base + cpu as u64 * 8)?);
+            let off = self.read_u64(field_addr(base, u64::from(cpu).saturating_mul(8))?)?;
+            let why = if off == 0 {
+                Some("per-CPU offset 0 (every possible CPU has an area)".to_string())
+            } else if let Some(prev) = pc.offsets.iter().position(|&o| o == off) {
+                Some(format!("per-CPU offset {off:#x} is also CPU {prev}'s"))
+            } else if let Some(rq) = probe
+                && self.kva_to_pa(rq.wrapping_add(off)).is_err()
+            {
+                Some(format!(
+                    "per-CPU offset {off:#x} puts runqueues outside RAM"
+                ))
+            } else {
+                None
+            };
+            if let Some(w) = why {
+                pc.bad.push((cpu, w));
+            }
+            pc.offsets.push(off);
         }
-        while v.len() > 1 && v.last() == Some(&0) {
-            v.pop();
-        }
-        Ok(self.pcpu.get_or_init(|| v))
+        Ok(self.pcpu.get_or_init(|| pc))
+    }
+
+    /// The sane per-CPU offsets, by CPU (see [`Kernel::per_cpu`]).
+    pub fn per_cpu_offsets(&self) -> Result<Vec<u64>> {
+        Ok(self.per_cpu()?.good().map(|(_, o)| o).collect())
     }
 
     /// Address of a per-CPU variable (by symbol) on `cpu`.
@@ -294,14 +393,67 @@ impl<M: PhysMem> Kernel<M> {
 
     /// Address of per-CPU pointer `base` on `cpu`.
     pub fn per_cpu_ptr(&self, base: u64, cpu: u32) -> Result<u64> {
-        let offs = self.per_cpu_offsets()?;
-        let off = offs.get(cpu as usize).ok_or_else(|| {
-            KernelError::Invalid(format!(
-                "cpu {cpu} out of range (guest has {} CPUs)",
-                offs.len()
-            ))
-        })?;
-        Ok(base.wrapping_add(*off))
+        let pc = self.per_cpu()?;
+        let off = pc
+            .get(cpu)
+            .ok_or_else(|| match pc.bad.iter().find(|(c, _)| *c == cpu) {
+                Some((_, why)) => KernelError::Invalid(format!("cpu {cpu}: {why}")),
+                None => KernelError::Invalid(format!(
+                    "cpu {cpu} out of range (guest has {} CPUs)",
+                    pc.offsets.len()
+                )),
+            })?;
+        // Per-CPU addresses are modular: on kernels whose per-CPU symbols
+        // are full kernel addresses the offset is "negative" (area -
+        // __per_cpu_start), exactly as `per_cpu_ptr()` computes it.
+        Ok(base.wrapping_add(off))
+    }
+}
+
+/// Refuse a vmlinux from another build: VMCOREINFO's `OSRELEASE` must be
+/// the image's release (from its `linux_banner`), and `BUILD-ID`, when
+/// both have one, must match.
+pub fn check_same_build(image: &KernelImage, info: &VmcoreInfo) -> Result<()> {
+    if let (Some(dump), Some(img)) = (info.osrelease(), image.release())
+        && dump != img
+    {
+        return Err(KernelError::WrongImage {
+            what: "OSRELEASE differs",
+            dump: dump.to_string(),
+            image: img,
+        });
+    }
+    if let (Some(dump), Some(img)) = (info.entries.get("BUILD-ID"), image.build_id()) {
+        let img_hex: String = img.iter().map(|b| format!("{b:02x}")).collect();
+        // VMCOREINFO may carry the first 20 bytes only.
+        if !img_hex.starts_with(dump.as_str()) && !dump.starts_with(&img_hex) {
+            return Err(KernelError::WrongImage {
+                what: "BUILD-ID differs",
+                dump: dump.clone(),
+                image: img_hex,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Kernel<crate::vmcore::Vmcore> {
+    /// The kernel of a vmcore: translation discovered from its VMCOREINFO
+    /// and CPU notes (refusing a vmlinux from another build).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use ktstr_introspect::{CollectOptions, Kernel, KernelImage, Vmcore, render_text, snapshot};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let image = Arc::new(KernelImage::open("vmlinux".as_ref())?);
+    /// let k = Kernel::from_vmcore(Vmcore::open("vmcore".as_ref())?, image)?;
+    /// print!("{}", render_text(&snapshot(&k, &CollectOptions::default())));
+    /// # Ok(()) }
+    /// ```
+    pub fn from_vmcore(core: crate::vmcore::Vmcore, image: Arc<KernelImage>) -> Result<Self> {
+        let info = core.vmcoreinfo.clone();
+        let cpus = core.cpus.clone();
+        Self::discover(core, image, &cpus, info.as_ref())
     }
 }
 
@@ -399,14 +551,13 @@ pub fn discover_params(
     }
 
     // 4. Banner scan.
-    match banner_scan(mem, image, la57_cpu.unwrap_or(false)) {
-        Ok(mut p) => {
-            if let Some(c) = cpu {
-                p.cr3 = c.pgd_pa();
-            }
-            finish_params(mem, image, &mut p)?;
-            Ok((p, KaslrSource::BannerScan))
-        }
+    match banner_scan(
+        mem,
+        image,
+        la57_cpu.unwrap_or(false),
+        cpu.map(|c| c.pgd_pa()),
+    ) {
+        Ok(p) => Ok((p, KaslrSource::BannerScan)),
         Err(e) => {
             errors.push(format!("banner scan: {e}"));
             Err(KernelError::Discovery(errors.join("; ")))
@@ -481,33 +632,91 @@ fn idt_slide(
     Ok(slide)
 }
 
+/// Most banner copies tried.
+const MAX_BANNER_CANDIDATES: usize = 16;
+
 /// Find `linux_banner` in RAM for phys_base, then the image's page
-/// directory for the virtual slide.
-fn banner_scan(mem: &dyn PhysMem, image: &KernelImage, la57: bool) -> Result<TranslationParams> {
+/// directory for the virtual slide. RAM holds several copies of the text
+/// (the image's, the log buffer's, /proc's); each copy is tried until one
+/// yields a translation whose page tables map it back.
+fn banner_scan(
+    mem: &dyn PhysMem,
+    image: &KernelImage,
+    la57: bool,
+    cr3: Option<u64>,
+) -> Result<TranslationParams> {
     let banner = image
         .banner()
         .ok_or_else(|| KernelError::Discovery("vmlinux has no linux_banner text".into()))?;
+    let needle = &banner[..banner.len().min(64)];
+    if needle.is_empty() {
+        return Err(KernelError::Discovery("empty linux_banner".into()));
+    }
+    let mut found = Vec::new();
+    const CHUNK: usize = 4 << 20;
+    // Chunks overlap by the needle's length so a copy across a boundary
+    // is seen once.
+    let mut buf = vec![0u8; CHUNK.saturating_add(needle.len())];
+    'outer: for (start, len) in mem.regions() {
+        let mut off = 0u64;
+        while off < len {
+            let n = (len.saturating_sub(off) as usize).min(buf.len());
+            let Some(at) = start.checked_add(off) else {
+                break;
+            };
+            mem.read_phys(at, &mut buf[..n])?;
+            let mut from = 0;
+            while let Some(i) = buf[from..n].windows(needle.len()).position(|w| w == needle) {
+                let hit = from.saturating_add(i);
+                // A copy starting in the overlap is found again next chunk.
+                if hit < CHUNK || off.saturating_add(CHUNK as u64) >= len {
+                    found.push(at.saturating_add(hit as u64));
+                }
+                if found.len() >= MAX_BANNER_CANDIDATES {
+                    break 'outer;
+                }
+                from = hit.saturating_add(1);
+            }
+            off = off.saturating_add(CHUNK as u64);
+        }
+    }
+    if found.is_empty() {
+        return Err(KernelError::Discovery(
+            "linux_banner not found in RAM".into(),
+        ));
+    }
+    let mut why = Vec::new();
+    for pa in &found {
+        let finished = banner_params(mem, image, la57, *pa).and_then(|mut p| {
+            if let Some(c) = cr3 {
+                p.cr3 = c;
+            }
+            finish_params(mem, image, &mut p)?;
+            Ok(p)
+        });
+        match finished {
+            Ok(p) => return Ok(p),
+            Err(e) => why.push(format!("copy at {pa:#x}: {e}")),
+        }
+    }
+    Err(KernelError::Discovery(format!(
+        "{} copies of linux_banner in RAM, none is the kernel image's: {}",
+        found.len(),
+        why.join("; ")
+    )))
+}
+
+/// Translation parameters if the banner copy at `pa` is the image's own.
+fn banner_params(
+    mem: &dyn PhysMem,
+    image: &KernelImage,
+    la57: bool,
+    pa: u64,
+) -> Result<TranslationParams> {
     let link_banner = image
         .symbols()
         .addr("linux_banner")
         .ok_or_else(|| KernelError::NoSymbol("linux_banner".into()))?;
-    let needle = &banner[..banner.len().min(64)];
-    let mut found = None;
-    const CHUNK: usize = 4 << 20;
-    let mut buf = vec![0u8; CHUNK + needle.len()];
-    'outer: for (start, len) in mem.regions() {
-        let mut off = 0u64;
-        while off < len {
-            let n = ((len - off) as usize).min(buf.len());
-            mem.read_phys(start + off, &mut buf[..n])?;
-            if let Some(i) = buf[..n].windows(needle.len()).position(|w| w == needle) {
-                found = Some(start + off + i as u64);
-                break 'outer;
-            }
-            off += CHUNK as u64;
-        }
-    }
-    let pa = found.ok_or_else(|| KernelError::Discovery("linux_banner not found in RAM".into()))?;
     // Physical: pa = link - START_KERNEL_MAP + slide + phys_base; the
     // virtual slide is still unknown, so first learn (slide + phys_base).
     let sum = pa.wrapping_sub(link_banner.wrapping_sub(START_KERNEL_MAP));
@@ -520,11 +729,11 @@ fn banner_scan(mem: &dyn PhysMem, image: &KernelImage, la57: bool) -> Result<Tra
     // Which 2 MiB page of the image mapping holds the banner's page?
     let want = pa & !0x1f_ffff;
     for idx in 0..512u64 {
-        let va = START_KERNEL_MAP + idx * 0x20_0000;
+        let va = START_KERNEL_MAP.wrapping_add(idx.wrapping_mul(0x20_0000));
         if let Ok(got) = walk_page_tables(mem, pgt, la57, va)
             && got & !0x1f_ffff == want
         {
-            let runtime = va + (pa & 0x1f_ffff);
+            let runtime = va.wrapping_add(pa & 0x1f_ffff);
             let slide = runtime.wrapping_sub(link_banner);
             return Ok(TranslationParams {
                 kaslr_offset: slide,
@@ -537,6 +746,6 @@ fn banner_scan(mem: &dyn PhysMem, image: &KernelImage, la57: bool) -> Result<Tra
         }
     }
     Err(KernelError::Discovery(
-        "linux_banner found but no kernel-image mapping points at it".into(),
+        "no kernel-image mapping points at it".into(),
     ))
 }

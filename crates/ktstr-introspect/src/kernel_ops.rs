@@ -2,11 +2,12 @@
 //! [`KernelTarget`] to an address and a field size, validate, then read or
 //! write. A task-field write passes every validation layer before memory
 //! is touched, and a refusal names the first layer that refused.
+#![deny(clippy::arithmetic_side_effects)]
 
-use crate::kernel::Kernel;
+use crate::helpers::{for_each_scx_task, for_each_task};
+use crate::kernel::{Kernel, KernelError, field_addr};
 use crate::mem::PhysMem;
 use crate::offsets::Offsets;
-use crate::walk::list_entries;
 use ktstr_wire::{
     KernelOp, KernelOpReplyPayload, KernelOpValue, KernelTarget, KernelValue, KernelValueWidth,
 };
@@ -30,45 +31,86 @@ pub struct Resolved {
     pub size: Option<u64>,
 }
 
-fn refuse<T>(r: impl Into<String>) -> Result<T, String> {
-    Err(r.into())
+/// The validation layers a task-field write passes, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// L1: a task with the pid exists.
+    Pid,
+    /// L2: it started when the caller says (not a reused pid).
+    StartTime,
+    /// L3: it is not exiting.
+    Lifetime,
+    /// L4: it is not on a run queue.
+    OnRq,
+    /// L5: it is not on a DSQ or a runnable list.
+    ScxQueued,
+    /// L6: it is in the ext class.
+    SchedClass,
+    /// L7: its policy is one sched_ext manages.
+    Policy,
+    /// L8: it is fully forked.
+    StartBoottime,
+}
+
+impl Layer {
+    fn tag(self) -> &'static str {
+        match self {
+            Layer::Pid => "L1 pid",
+            Layer::StartTime => "L2 start_time",
+            Layer::Lifetime => "L3 lifetime",
+            Layer::OnRq => "L4 on_rq",
+            Layer::ScxQueued => "L5 scx queued",
+            Layer::SchedClass => "L6 sched_class",
+            Layer::Policy => "L7 policy",
+            Layer::StartBoottime => "L8 start_boottime",
+        }
+    }
+}
+
+/// Why an op was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// A validation layer refused a task-field write or read.
+    #[error("{}: {detail}", layer.tag())]
+    Refused { layer: Layer, detail: String },
+    /// The target or width makes no sense for this kernel.
+    #[error("{0}")]
+    Target(String),
+    /// The kernel model could not read or write.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+fn refused<T>(layer: Layer, detail: String) -> Result<T, OpError> {
+    Err(OpError::Refused { layer, detail })
+}
+
+fn bad_target<T>(why: impl Into<String>) -> Result<T, OpError> {
+    Err(OpError::Target(why.into()))
 }
 
 /// Find a task by pid on `scx_tasks` (every task, threads included, on
 /// kernels with sched_ext), falling back to the `init_task.tasks` ring.
-pub fn find_task<M: PhysMem>(k: &Kernel<M>, o: &Offsets, pid: u32) -> Result<Option<u64>, String> {
+pub fn find_task<M: PhysMem>(k: &Kernel<M>, o: &Offsets, pid: u32) -> Result<Option<u64>, OpError> {
     let to = o
         .task
-        .ok_or("this kernel's BTF has no task_struct layout")?;
-    let cands = match (k.sym("scx_tasks"), o.see, to.scx) {
-        (Ok(head), Some(see), Some(scx)) => {
-            let flags_rel = see.flags.off as i64 - see.tasks_node as i64;
-            list_entries(
-                k,
-                head,
-                scx + see.tasks_node,
-                crate::collect::MAX_TASKS,
-                |n| {
-                    k.read_u32(n.wrapping_add(flags_rel as u64))
-                        .is_ok_and(|f| f & crate::collect::SCX_TASK_CURSOR != 0)
-                },
-            )
-            .items
-        }
-        _ => {
-            let init = k.sym("init_task").map_err(|e| e.to_string())?;
-            let off = to.tasks.ok_or("task_struct has no tasks list")?;
-            let mut v = vec![init];
-            v.extend(list_entries(k, init + off, off, crate::collect::MAX_TASKS, |_| false).items);
-            v
-        }
+        .ok_or_else(|| OpError::Target("this kernel's BTF has no task_struct layout".into()))?;
+    let cands = match for_each_scx_task(k, o) {
+        Ok(w) => w.items,
+        Err(_) => for_each_task(k, o)?,
     };
     for t in cands {
-        if k.read_u32(t + to.pid.off).ok() == Some(pid) {
+        if field_addr(t, to.pid.off).is_ok_and(|a| k.read_u32(a).ok() == Some(pid)) {
             return Ok(Some(t));
         }
     }
     Ok(None)
+}
+
+/// Read field `f` of the object at `base`.
+fn rd<M: PhysMem>(k: &Kernel<M>, base: u64, f: Option<crate::offsets::Field>) -> Option<u64> {
+    let f = f?;
+    k.read_uint(field_addr(base, f.off).ok()?, f.size).ok()
 }
 
 /// Validate a task for a write; the error names the first failing layer.
@@ -77,76 +119,76 @@ pub fn validate_task_write<M: PhysMem>(
     o: &Offsets,
     pid: u32,
     start_time_ns: u64,
-) -> Result<u64, String> {
+) -> Result<u64, OpError> {
     let to = o
         .task
-        .ok_or("this kernel's BTF has no task_struct layout")?;
-    let see = o
-        .see
-        .ok_or("this kernel has no sched_ext_entity (no sched_ext)")?;
-    let scx = to.scx.ok_or("task_struct has no scx member")?;
-    let rd = |t: u64, f: Option<crate::offsets::Field>| {
-        f.and_then(|f| k.read_uint(t + f.off, f.size).ok())
-    };
-    // L1: pid.
+        .ok_or_else(|| OpError::Target("this kernel's BTF has no task_struct layout".into()))?;
+    let see = o.see.ok_or_else(|| {
+        OpError::Target("this kernel has no sched_ext_entity (no sched_ext)".into())
+    })?;
+    let scx = to
+        .scx
+        .ok_or_else(|| OpError::Target("task_struct has no scx member".into()))?;
     let Some(t) = find_task(k, o, pid)? else {
-        return refuse(format!("L1 pid: no task with pid {pid}"));
+        return refused(Layer::Pid, format!("no task with pid {pid}"));
     };
     // L2: start_time identity at /proc's USER_HZ granularity (/proc shows
     // boot time; without suspend it equals the monotonic start_time).
-    let actual = rd(t, to.start_time.or(to.start_boottime)).unwrap_or(0);
+    let actual = rd(k, t, to.start_time.or(to.start_boottime)).unwrap_or(0);
     if actual / USER_HZ_NS != start_time_ns / USER_HZ_NS {
-        return refuse(format!(
-            "L2 start_time: pid {pid} started at {actual} ns, not {start_time_ns} ns (pid reused?)"
-        ));
+        return refused(
+            Layer::StartTime,
+            format!("pid {pid} started at {actual} ns, not {start_time_ns} ns (pid reused?)"),
+        );
     }
-    // L3: alive.
-    let flags = rd(t, Some(to.flags)).unwrap_or(0) as u32;
-    let exit_state = rd(t, to.exit_state).unwrap_or(0);
+    let flags = rd(k, t, Some(to.flags)).unwrap_or(0) as u32;
+    let exit_state = rd(k, t, to.exit_state).unwrap_or(0);
     if flags & PF_EXITING != 0 || exit_state != 0 {
-        return refuse(format!(
-            "L3 lifetime: pid {pid} is exiting (flags {flags:#x}, exit_state {exit_state})"
-        ));
+        return refused(
+            Layer::Lifetime,
+            format!("pid {pid} is exiting (flags {flags:#x}, exit_state {exit_state})"),
+        );
     }
-    // L4: not on a run queue.
-    let on_rq = rd(t, to.on_rq).unwrap_or(u64::MAX);
+    let on_rq = rd(k, t, to.on_rq).unwrap_or(u64::MAX);
     if on_rq != 0 {
-        return refuse(format!(
-            "L4 on_rq: pid {pid} has on_rq = {on_rq} (running or queued)"
-        ));
+        return refused(
+            Layer::OnRq,
+            format!("pid {pid} has on_rq = {on_rq} (running or queued)"),
+        );
     }
-    // L5: not queued on any sched_ext list.
-    let dsq = k
-        .read_u64(t + scx + see.dsq.off)
-        .map_err(|e| e.to_string())?;
-    let rn = t + scx + see.runnable_node;
-    let rn_next = k.read_u64(rn).map_err(|e| e.to_string())?;
+    let se = field_addr(t, scx)?;
+    let dsq = k.read_u64(field_addr(se, see.dsq.off)?)?;
+    let rn = field_addr(se, see.runnable_node)?;
+    let rn_next = k.read_u64(rn)?;
     if dsq != 0 || rn_next != rn {
-        return refuse(format!(
-            "L5 scx queued: pid {pid} is on a DSQ ({dsq:#x}) or a runnable list"
-        ));
+        return refused(
+            Layer::ScxQueued,
+            format!("pid {pid} is on a DSQ ({dsq:#x}) or a runnable list"),
+        );
     }
-    // L6: managed by the ext class.
-    let class = rd(t, to.sched_class).unwrap_or(0);
-    let ext = k.sym("ext_sched_class").map_err(|e| e.to_string())?;
+    let class = rd(k, t, to.sched_class).unwrap_or(0);
+    let ext = k.sym("ext_sched_class")?;
     if class != ext {
-        return refuse(format!(
-            "L6 sched_class: pid {pid} is in class {}, not ext",
-            crate::getters::sched_class_name(k, class)
-        ));
+        return refused(
+            Layer::SchedClass,
+            format!(
+                "pid {pid} is in class {}, not ext",
+                crate::getters::sched_class_name(k, class)
+            ),
+        );
     }
-    // L7: a policy sched_ext manages.
-    let policy = rd(t, to.policy).unwrap_or(u64::MAX) as u32;
+    let policy = rd(k, t, to.policy).unwrap_or(u64::MAX) as u32;
     if !SCX_POLICIES.contains(&policy) {
-        return refuse(format!(
-            "L7 policy: pid {pid} has policy {policy}, which sched_ext does not manage"
-        ));
+        return refused(
+            Layer::Policy,
+            format!("pid {pid} has policy {policy}, which sched_ext does not manage"),
+        );
     }
-    // L8: fully set up.
-    if rd(t, to.start_boottime).unwrap_or(0) == 0 {
-        return refuse(format!(
-            "L8 start_boottime: pid {pid} has start_boottime 0 (not fully forked)"
-        ));
+    if rd(k, t, to.start_boottime).unwrap_or(0) == 0 {
+        return refused(
+            Layer::StartBoottime,
+            format!("pid {pid} has start_boottime 0 (not fully forked)"),
+        );
     }
     Ok(t)
 }
@@ -157,7 +199,7 @@ pub fn resolve<M: PhysMem>(
     o: &Offsets,
     target: &KernelTarget,
     for_write: bool,
-) -> Result<Resolved, String> {
+) -> Result<Resolved, OpError> {
     let btf = k.image().btf();
     match target {
         KernelTarget::Symbol { name } => {
@@ -165,7 +207,7 @@ pub fn resolve<M: PhysMem>(
                 .image()
                 .symbols()
                 .get(name)
-                .ok_or_else(|| format!("no symbol `{name}` in vmlinux"))?;
+                .ok_or_else(|| OpError::Target(format!("no symbol `{name}` in vmlinux")))?;
             Ok(Resolved {
                 kva: k.slide_link(s.addr),
                 size: (s.size > 0).then_some(s.size),
@@ -176,15 +218,19 @@ pub fn resolve<M: PhysMem>(
                 "runqueues" => btf.struct_id("rq").ok(),
                 _ => None,
             });
-            let ty = ty.ok_or_else(|| format!("no BTF type for per-CPU symbol `{symbol}`"))?;
+            let ty = ty.ok_or_else(|| {
+                OpError::Target(format!("no BTF type for per-CPU symbol `{symbol}`"))
+            })?;
             let sname = btf.composite_name(ty).unwrap_or_else(|| symbol.clone());
-            let f = btf.field_in(ty, &sname, field).map_err(|e| e.to_string())?;
+            let f = btf
+                .field_in(ty, &sname, field)
+                .map_err(|e| OpError::Target(e.to_string()))?;
             if f.bitfield.is_some() {
-                return refuse(format!("{sname}.{field} is a bitfield"));
+                return bad_target(format!("{sname}.{field} is a bitfield"));
             }
-            let base = k.per_cpu_sym(symbol, *cpu).map_err(|e| e.to_string())?;
+            let base = k.per_cpu_sym(symbol, *cpu)?;
             Ok(Resolved {
-                kva: base + f.offset,
+                kva: field_addr(base, f.offset)?,
                 size: Some(f.size),
             })
         }
@@ -195,30 +241,30 @@ pub fn resolve<M: PhysMem>(
         } => {
             let f = btf
                 .field("task_struct", field_path)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| OpError::Target(e.to_string()))?;
             if f.bitfield.is_some() {
-                return refuse(format!("task_struct.{field_path} is a bitfield"));
+                return bad_target(format!("task_struct.{field_path} is a bitfield"));
             }
             let t = if for_write {
                 validate_task_write(k, o, *pid, *start_time_ns)?
             } else {
-                let t = find_task(k, o, *pid)?
-                    .ok_or_else(|| format!("L1 pid: no task with pid {pid}"))?;
-                let to = o.task.ok_or("no task_struct layout")?;
-                let actual = to
-                    .start_time
-                    .or(to.start_boottime)
-                    .and_then(|f| k.read_uint(t + f.off, f.size).ok())
-                    .unwrap_or(0);
+                let Some(t) = find_task(k, o, *pid)? else {
+                    return refused(Layer::Pid, format!("no task with pid {pid}"));
+                };
+                let to = o
+                    .task
+                    .ok_or_else(|| OpError::Target("no task_struct layout".into()))?;
+                let actual = rd(k, t, to.start_time.or(to.start_boottime)).unwrap_or(0);
                 if actual / USER_HZ_NS != start_time_ns / USER_HZ_NS {
-                    return refuse(format!(
-                        "L2 start_time: pid {pid} started at {actual} ns, not {start_time_ns} ns"
-                    ));
+                    return refused(
+                        Layer::StartTime,
+                        format!("pid {pid} started at {actual} ns, not {start_time_ns} ns"),
+                    );
                 }
                 t
             };
             Ok(Resolved {
-                kva: t + f.offset,
+                kva: field_addr(t, f.offset)?,
                 size: Some(f.size),
             })
         }
@@ -229,22 +275,22 @@ pub fn resolve<M: PhysMem>(
     }
 }
 
-fn check_width(r: &Resolved, len: usize, numeric: bool) -> Result<(), String> {
+fn check_width(r: &Resolved, len: usize, numeric: bool) -> Result<(), OpError> {
     if len == 0 || len > MAX_BYTES {
-        return refuse(format!("width {len} out of range 1..={MAX_BYTES}"));
+        return bad_target(format!("width {len} out of range 1..={MAX_BYTES}"));
     }
     if let Some(size) = r.size {
         if size > len as u64 && numeric {
-            return refuse(format!(
+            return bad_target(format!(
                 "field is {size} bytes, larger than the {len}-byte width"
             ));
         }
         if (len as u64) > size {
-            return refuse(format!("width {len} is larger than the {size}-byte field"));
+            return bad_target(format!("width {len} is larger than the {size}-byte field"));
         }
     }
     if numeric && !r.kva.is_multiple_of(len as u64) {
-        return refuse(format!("address {:#x} is not {len}-byte aligned", r.kva));
+        return bad_target(format!("address {:#x} is not {len}-byte aligned", r.kva));
     }
     Ok(())
 }
@@ -262,23 +308,20 @@ pub fn execute<M: PhysMem>(
                 let numeric = !matches!(width, KernelValueWidth::Bytes(_));
                 check_width(&res, width.len(), numeric)?;
                 let v = match width {
-                    KernelValueWidth::U32 => {
-                        KernelOpValue::U32(k.read_u32(res.kva).map_err(|e| e.to_string())?)
-                    }
-                    KernelValueWidth::U64 => {
-                        KernelOpValue::U64(k.read_u64(res.kva).map_err(|e| e.to_string())?)
-                    }
+                    KernelValueWidth::U32 => KernelOpValue::U32(k.read_u32(res.kva)?),
+                    KernelValueWidth::U64 => KernelOpValue::U64(k.read_u64(res.kva)?),
                     KernelValueWidth::Bytes(n) => {
+                        // n <= MAX_BYTES, checked above.
                         let mut b = vec![0u8; *n as usize];
-                        k.read(res.kva, &mut b).map_err(|e| e.to_string())?;
+                        k.read(res.kva, &mut b)?;
                         KernelOpValue::Bytes(b)
                     }
                 };
-                Ok::<_, String>(v)
+                Ok::<_, OpError>(v)
             })();
             let reply = match r {
                 Ok(v) => KernelOpReplyPayload::ok(vec![v]),
-                Err(e) => KernelOpReplyPayload::refused(e),
+                Err(e) => KernelOpReplyPayload::refused(e.to_string()),
             };
             (Some(tag.clone()), reply)
         }
@@ -287,12 +330,12 @@ pub fn execute<M: PhysMem>(
                 let res = resolve(k, o, target, true)?;
                 let numeric = !matches!(value, KernelValue::Bytes(_));
                 check_width(&res, value.len(), numeric)?;
-                k.write(res.kva, &value.to_bytes())
-                    .map_err(|e| e.to_string())
+                k.write(res.kva, &value.to_bytes())?;
+                Ok::<_, OpError>(())
             })();
             let reply = match r {
                 Ok(()) => KernelOpReplyPayload::ok(Vec::new()),
-                Err(e) => KernelOpReplyPayload::refused(e),
+                Err(e) => KernelOpReplyPayload::refused(e.to_string()),
             };
             (None, reply)
         }

@@ -9,6 +9,7 @@
 pub mod btf;
 pub mod collect;
 pub mod getters;
+pub mod helpers;
 pub mod image;
 pub mod kernel;
 pub mod kernel_ops;
@@ -21,5 +22,15 @@ pub mod snapshot;
 pub mod symbols;
 pub mod synth;
 pub mod translate;
+pub mod validate;
 pub mod vmcore;
+pub mod vmcore_write;
 pub mod walk;
+
+pub use collect::{CollectOptions, snapshot};
+pub use image::KernelImage;
+pub use kernel::{Kernel, KernelError};
+pub use mem::{PhysMem, PhysMemExt};
+pub use render::render_text;
+pub use snapshot::SchedSnapshot;
+pub use vmcore::Vmcore;

@@ -4,6 +4,7 @@
 //!
 //! A read outside RAM is an error, never zeros: a walker that reads a
 //! bogus pointer must learn that it did.
+#![deny(clippy::arithmetic_side_effects)]
 
 /// A physical-memory access failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,7 +110,7 @@ impl<T: PhysMem + ?Sized> PhysMem for std::sync::Arc<T> {
 pub fn locate(ranges: &[(u64, u64)], addr: u64, len: usize) -> Option<(usize, u64)> {
     let i = ranges.partition_point(|&(s, _)| s <= addr).checked_sub(1)?;
     let (start, rlen) = ranges[i];
-    let off = addr - start;
+    let off = addr.checked_sub(start)?;
     let end = off.checked_add(len as u64)?;
     (end <= rlen).then_some((i, off))
 }
@@ -130,9 +131,13 @@ impl SliceMem {
     /// Add a zeroed RAM range. Panics on overlap: this is a test-construction
     /// API driven by our own code, not by guest data.
     pub fn add_range(&mut self, start: u64, len: u64) {
-        let end = start + len;
+        let end = start
+            .checked_add(len)
+            .expect("range wraps the address space");
         assert!(
-            self.ranges.iter().all(|&(s, l)| end <= s || start >= s + l),
+            self.ranges
+                .iter()
+                .all(|&(s, l)| end <= s || start >= s.saturating_add(l)),
             "overlapping range {start:#x}+{len:#x}"
         );
         let pos = self.ranges.partition_point(|&(s, _)| s < start);
@@ -152,7 +157,8 @@ impl PhysMem for SliceMem {
         })?;
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
         let off = off as usize;
-        buf.copy_from_slice(&data[i][off..off + buf.len()]);
+        // `locate` checked off + len <= the range's length.
+        buf.copy_from_slice(&data[i][off..off.saturating_add(buf.len())]);
         Ok(())
     }
 
@@ -163,7 +169,7 @@ impl PhysMem for SliceMem {
         })?;
         let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
         let off = off as usize;
-        data[i][off..off + src.len()].copy_from_slice(src);
+        data[i][off..off.saturating_add(src.len())].copy_from_slice(src);
         Ok(())
     }
 

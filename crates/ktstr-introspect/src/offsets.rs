@@ -2,6 +2,7 @@
 //! per-struct groups. A field some kernels lack is an `Option`; a group
 //! whose mandatory fields are missing is `None` as a whole. A field whose
 //! offset is unknown is never read.
+#![deny(clippy::arithmetic_side_effects)]
 
 use crate::btf::{Btf, FieldInfo};
 

@@ -1,5 +1,6 @@
 //! Per-CPU register state as introspection needs it: what KASLR discovery
 //! and page-table walks use, and what a failure dump shows.
+#![deny(clippy::arithmetic_side_effects)]
 
 use serde::{Deserialize, Serialize};
 

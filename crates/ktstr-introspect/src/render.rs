@@ -5,11 +5,46 @@
 use crate::snapshot::{SchedSnapshot, TaskRef};
 use std::fmt::Write;
 
+/// A guest string made safe for a terminal: control bytes (ESC, BEL, ...)
+/// are shown escaped, never written raw.
+pub fn safe(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn task(t: &TaskRef) -> String {
+    let mark = if t.suspect.is_empty() { "" } else { "(!)" };
+    format!("{}[{}]{mark}", t.pid, safe(&t.comm))
+}
+
 fn tasks_line(ts: &[TaskRef]) -> String {
-    ts.iter()
-        .map(|t| format!("{}[{}]", t.pid, t.comm))
-        .collect::<Vec<_>>()
-        .join(" ")
+    ts.iter().map(task).collect::<Vec<_>>().join(" ")
+}
+
+/// The suspect marks of one object, one indented line each.
+fn suspects(o: &mut String, indent: &str, marks: &[String]) {
+    for m in marks {
+        let _ = writeln!(o, "{indent}!! suspect: {}", safe(m));
+    }
+}
+
+/// Suspect marks of tasks on a list.
+fn task_suspects(o: &mut String, indent: &str, ts: &[TaskRef]) {
+    for t in ts.iter().filter(|t| !t.suspect.is_empty()) {
+        let _ = writeln!(
+            o,
+            "{indent}!! suspect task at {:#x}: {}",
+            t.kva,
+            safe(&t.suspect.join("; "))
+        );
+    }
 }
 
 /// Well-known DSQ ids (include/linux/sched/ext.h `enum scx_dsq_id_flags`).
@@ -78,6 +113,10 @@ pub fn render_text(s: &SchedSnapshot) -> String {
         s.translation.phys_base
     );
 
+    suspects(&mut o, "", &s.suspect);
+    if s.budget_exhausted {
+        o.push_str("!! the walk budget ran out: some lists below are cut short\n");
+    }
     o.push_str("\nCPU states\n----------\n");
     for c in &s.cpus {
         let _ = write!(
@@ -99,9 +138,13 @@ pub fn render_text(s: &SchedSnapshot) -> String {
         }
         let _ = write!(o, " rq_nr_running={}", c.rq_nr_running);
         if let Some(t) = &c.curr {
-            let _ = write!(o, " curr={}[{}]", t.pid, t.comm);
+            let _ = write!(o, " curr={}", task(t));
         }
         o.push('\n');
+        suspects(&mut o, "          ", &c.suspect);
+        if let Some(t) = &c.curr {
+            task_suspects(&mut o, "          ", std::slice::from_ref(t));
+        }
         if !c.runnable.is_empty() {
             let _ = writeln!(
                 o,
@@ -113,12 +156,17 @@ pub fn render_text(s: &SchedSnapshot) -> String {
                     ""
                 }
             );
+            task_suspects(&mut o, "          ", &c.runnable);
         }
     }
 
     o.push_str("\nDSQs\n----\n");
     for d in &s.dsqs {
-        if d.nr == 0 && d.tasks.is_empty() && d.origin != "user" && !d.origin.starts_with("global")
+        if d.nr == 0
+            && d.tasks.is_empty()
+            && d.suspect.is_empty()
+            && d.origin != "user"
+            && !d.origin.starts_with("global")
         {
             continue; // empty per-CPU queues would drown the rest
         }
@@ -133,12 +181,18 @@ pub fn render_text(s: &SchedSnapshot) -> String {
             o.push_str(" (truncated)");
         }
         o.push('\n');
+        suspects(&mut o, "    ", &d.suspect);
+        task_suspects(&mut o, "    ", &d.tasks);
     }
     let empty = s
         .dsqs
         .iter()
         .filter(|d| {
-            d.nr == 0 && d.tasks.is_empty() && d.origin != "user" && !d.origin.starts_with("global")
+            d.nr == 0
+                && d.tasks.is_empty()
+                && d.suspect.is_empty()
+                && d.origin != "user"
+                && !d.origin.starts_with("global")
         })
         .count();
     if empty > 0 {
@@ -179,7 +233,7 @@ pub fn render_text(s: &SchedSnapshot) -> String {
                 "{:>7} {:>7} {:<16} {:<2} {:<5} {:>4} {:<22} {:>10} {:>6} {:>8} {:<8} {}",
                 t.pid,
                 t.tgid,
-                t.comm,
+                safe(&t.comm),
                 t.state,
                 t.class,
                 t.cpu.map_or("-".into(), |c| c.to_string()),
@@ -190,6 +244,7 @@ pub fn render_text(s: &SchedSnapshot) -> String {
                 t.cpus_allowed,
                 t.found_on.join(", ")
             );
+            suspects(&mut o, "        ", &t.suspect);
         }
     }
 
@@ -226,7 +281,7 @@ pub fn render_text(s: &SchedSnapshot) -> String {
     if !s.problems.is_empty() {
         o.push_str("\nProblems while walking (best effort)\n");
         for p in &s.problems {
-            let _ = writeln!(o, "  - {p}");
+            let _ = writeln!(o, "  - {}", safe(p));
         }
     }
     o

@@ -3,6 +3,7 @@
 //! the reason text `scx_exit_reason()` prints for each, and where a
 //! kernel records the current scheduler's exit kind — `(*scx_root)->
 //! exit_kind` from 6.16 on, the `scx_exit_kind` global on 6.12.
+#![deny(clippy::arithmetic_side_effects)]
 
 use crate::kernel::{Kernel, KernelError};
 use crate::mem::PhysMem;

@@ -9,6 +9,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Why values of an object break what the kernel guarantees (see
+/// [`crate::validate`]); empty when every value is plausible.
+pub type Suspect = Vec<String>;
+
 /// A task as listed on a queue: enough to recognise it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRef {
@@ -16,6 +20,8 @@ pub struct TaskRef {
     pub comm: String,
     /// `task_struct` address.
     pub kva: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspect: Suspect,
 }
 
 /// One CPU's `rq->scx` (and a little of `rq`).
@@ -42,6 +48,8 @@ pub struct RqScxState {
     pub runnable: Vec<TaskRef>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub runnable_truncated: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspect: Suspect,
 }
 
 /// One dispatch queue.
@@ -58,6 +66,8 @@ pub struct DsqState {
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
     pub kva: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspect: Suspect,
 }
 
 /// The scheduler instance (`*scx_root` on 6.16+, globals before).
@@ -133,6 +143,8 @@ pub struct TaskInfo {
     /// `scx_tasks`, `curr cpu 2`.
     pub found_on: Vec<String>,
     pub kva: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspect: Suspect,
 }
 
 /// One CPU's CFS/EEVDF run queue.
@@ -189,6 +201,13 @@ pub struct SchedSnapshot {
     /// What could not be read, and why (walkers are best effort).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Snapshot-wide values that break kernel guarantees (jiffies, the
+    /// CPU count, per-CPU offsets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspect: Suspect,
+    /// The global budget across walks ran out: some lists are cut short.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub budget_exhausted: bool,
 }
 
 impl SchedSnapshot {

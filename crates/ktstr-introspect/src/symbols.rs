@@ -1,5 +1,6 @@
 //! Kernel symbols from a vmlinux `.symtab`: name to link-time address, and
 //! address back to `symbol+offset` for register dumps.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;
 
@@ -105,7 +106,8 @@ impl Symbols {
             .partition_point(|s| s.addr <= addr)
             .checked_sub(1)?;
         let s = &self.sorted[idx];
-        let off = addr - s.addr;
+        // partition_point guarantees s.addr <= addr.
+        let off = addr.saturating_sub(s.addr);
         let within = if s.size > 0 {
             off < s.size
         } else {

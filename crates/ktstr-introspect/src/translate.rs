@@ -8,6 +8,7 @@
 //!   from CR3, 4- or 5-level, with 1 GiB and 2 MiB pages, present bits
 //!   checked. Walk results are cached per 4 KiB page for the life of the
 //!   translator (one snapshot).
+#![deny(clippy::arithmetic_side_effects)]
 
 use crate::mem::{MemError, PhysMem, PhysMemExt};
 use std::collections::HashMap;
@@ -76,8 +77,9 @@ pub struct Translator {
 
 /// Is `va` canonical for the paging mode?
 pub fn is_canonical(va: u64, la57: bool) -> bool {
-    let bits = if la57 { 57 } else { 48 };
-    let shifted = (va as i64) >> (bits - 1);
+    // The top implemented bit: 56 with LA57, else 47.
+    let top: u32 = if la57 { 56 } else { 47 };
+    let shifted = (va as i64) >> top;
     shifted == 0 || shifted == -1
 }
 
@@ -122,7 +124,7 @@ impl Translator {
                 .wrapping_add(self.p.phys_base));
         }
         if self.in_direct_map(kva) {
-            return Ok(kva - self.p.page_offset_base);
+            return Ok(kva.wrapping_sub(self.p.page_offset_base));
         }
         self.walk(mem, kva)
     }
@@ -168,9 +170,13 @@ pub fn walk_page_tables(
         &[4, 3, 2, 1]
     };
     for &level in levels {
-        let shift = 12 + 9 * (level as u32 - 1);
+        // level is 1..=5: shift is 12..=48.
+        let shift = 9u32
+            .saturating_mul(u32::from(level).saturating_sub(1))
+            .saturating_add(12);
         let idx = (va >> shift) & 0x1ff;
-        let entry_pa = table + idx * 8;
+        // table is masked to the address bits, idx < 512.
+        let entry_pa = table.wrapping_add(idx.wrapping_mul(8));
         let e = mem
             .read_u64(entry_pa)
             .map_err(|source| TranslateError::Mem { kva: va, source })?;
@@ -182,7 +188,7 @@ pub fn walk_page_tables(
             });
         }
         if (level == 3 || level == 2) && e & PTE_PS != 0 {
-            let page_mask = (1u64 << shift) - 1;
+            let page_mask = (1u64 << shift).wrapping_sub(1);
             return Ok((e & ADDR_MASK & !page_mask) | (va & page_mask));
         }
         table = e & ADDR_MASK;

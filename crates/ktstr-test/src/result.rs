@@ -23,6 +23,8 @@ pub struct VmResult {
     pub stdout: String,
     pub stderr: String,
     pub lifecycle: Vec<(Phase, String)>,
+    /// How long the scheduler took to attach (host-observed).
+    pub attach_time: Option<std::time::Duration>,
     /// A protocol or channel problem, if any.
     pub session_error: Option<String>,
     pub snapshot_bridge: SnapshotBridge,

@@ -60,9 +60,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let image =
         Arc::new(KernelImage::open(&vmlinux).map_err(|e| format!("{}: {e}", vmlinux.display()))?);
     let core = Vmcore::open(&vmcore).map_err(|e| format!("{}: {e}", vmcore.display()))?;
-    let info = core.vmcoreinfo.clone();
-    let cpus = core.cpus.clone();
-    let k = Kernel::discover(core, image, &cpus, info.as_ref()).map_err(|e| e.to_string())?;
+    let k = Kernel::from_vmcore(core, image).map_err(|e| e.to_string())?;
     let snap = snapshot(&k, &CollectOptions { hz, tasks: true });
     if json {
         println!(

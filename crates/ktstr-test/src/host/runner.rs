@@ -185,6 +185,7 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, HostError> {
         stdout: r.stdout_text(),
         stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
         lifecycle: r.lifecycle.clone(),
+        attach_time: r.attach_time,
         session_error: r.error.clone(),
         snapshot_bridge: cold.bridge.clone(),
         failure_dump: dump.as_ref().map(|_| dump_dir.clone()),

@@ -55,6 +55,9 @@ pub struct SessionResult {
     pub boot_to_hello: Option<Duration>,
     /// Messages taken after `Exit`.
     pub after_exit: u32,
+    /// From `SchedulerStarting` to `SchedulerAttached`, as the host saw
+    /// them arrive.
+    pub attach_time: Option<Duration>,
     /// A protocol or channel problem, if any.
     pub error: Option<String>,
 }
@@ -74,6 +77,7 @@ impl SessionResult {
             console: String::new(),
             boot_to_hello: None,
             after_exit: 0,
+            attach_time: None,
             error: None,
         }
     }
@@ -218,6 +222,7 @@ pub fn run<V: SessionVm + ?Sized>(
     let mut exit_at: Option<Instant> = None;
     let mut last_tick = Instant::now();
     let mut console_seen = 0u64;
+    let mut sched_starting: Option<Instant> = None;
     loop {
         if last_tick.elapsed() >= TICK {
             hooks.tick(vm, r.hello.as_ref());
@@ -276,6 +281,13 @@ pub fn run<V: SessionVm + ?Sized>(
             }
             GuestMsg::Lifecycle { phase, detail } => {
                 tracing::debug!(elapsed = ?vm.booted_at().elapsed(), ?phase, "lifecycle");
+                match phase {
+                    Phase::SchedulerStarting => sched_starting = Some(Instant::now()),
+                    Phase::SchedulerAttached => {
+                        r.attach_time = sched_starting.map(|t| t.elapsed());
+                    }
+                    _ => {}
+                }
                 hooks.lifecycle(vm, r.hello.as_ref(), &phase, &detail);
                 if r.lifecycle.len() < MAX_EVENTS {
                     r.lifecycle.push((phase, detail));

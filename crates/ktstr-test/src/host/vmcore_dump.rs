@@ -4,7 +4,7 @@
 
 use ktstr_introspect::kernel::Kernel;
 use ktstr_introspect::mem::PhysMem;
-use ktstr_introspect::vmcore::{VmcoreNotes, write_vmcore};
+use ktstr_introspect::vmcore_write::{VmcoreNotes, write_vmcore};
 use ktstr_vmm::Frozen;
 use std::path::Path;
 
