@@ -91,6 +91,63 @@ fn scheduler_that_exits_at_once_is_reported_dead_with_its_log() {
     assert_eq!(r.vm_exit, VmExit::PowerOff);
 }
 
+/// A scheduler that survives the liveness gate and dies before attaching
+/// is reported at once, with its status and its own stated cause (before
+/// the fix it waited out the attach timeout and said "timeout ... killed").
+#[test]
+fn scheduler_dying_before_attach_is_reported_at_once_with_its_cause() {
+    let Some(env) = vm_env(None) else { return };
+    let mut run = helper_run(&["exit", "0"], Duration::from_secs(30));
+    run.scheduler = sched("/init", &["sched-die-late", "2"], 60_000);
+    let t0 = std::time::Instant::now();
+    let r = session(&env, &Initramfs::base(), 1, 120, &run);
+    let d = r
+        .phase(&Phase::SchedulerDied)
+        .unwrap_or_else(|| panic!("no died report: {r:?}"));
+    assert!(d.contains("exit status: 3") && d.contains("before attaching"), "{d}");
+    assert!(d.contains("CONFIG_FUNCTION_TRACER=y"), "{d}");
+    assert!(r.phase(&Phase::SchedulerNotAttached).is_none(), "{r:?}");
+    // Well before the 60 s attach timeout.
+    assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
+}
+
+/// An ordinary dynamically linked binary as the scheduler runs in the
+/// guest: the runner copies its interpreter and libraries (before the
+/// fix it exited 127 with the loader's error unseen).
+#[test]
+fn a_dynamic_scheduler_binary_gets_its_libraries() {
+    let Some(env) = vm_env(None) else { return };
+    let dynamic = std::path::Path::new("/bin/true");
+    assert!(
+        !ktstr_kernels::artifact::is_static_elf(&std::fs::read(dynamic).unwrap()).unwrap(),
+        "/bin/true is expected to be dynamic on Debian"
+    );
+    let req = ktstr_test::host::runner::RunRequest {
+        name: "dynamic-sched".into(),
+        scheduler: Some((dynamic.to_path_buf(), vec![])),
+        topology: Topology::flat(1),
+        memory_mb: 256,
+        duration_s: 1,
+        watchdog_timeout_s: 5,
+        payload: dynamic.to_path_buf(),
+        payload_args: vec![],
+        payload_env: vec![],
+        vmcore: false,
+        attach_timeout: Some(Duration::from_secs(5)),
+        capture: Default::default(),
+    };
+    let vr = ktstr_test::host::runner::run(&env, &req).unwrap();
+    let d = vr
+        .lifecycle
+        .iter()
+        .find(|(p, _)| *p == Phase::SchedulerDied)
+        .map(|(_, d)| d.clone())
+        .unwrap_or_else(|| panic!("{:?}", vr.lifecycle));
+    // `true` ran (exit 0 inside the liveness gate): the loader found libc.
+    assert!(d.contains("exit status: 0"), "{d}");
+    assert!(!d.contains("could not start") && !vr.sched_log.contains("error while loading"), "{d}");
+}
+
 #[test]
 fn scheduler_that_never_attaches_times_out() {
     let Some(env) = vm_env(None) else { return };

@@ -50,6 +50,13 @@ pub fn run(args: &[String]) -> Option<i32> {
             eprintln!("fake scheduler: failing at init on purpose");
             Some(2)
         }
+        // A "scheduler" that passes the liveness gate, then dies before
+        // attaching, naming a kernel option it lacks (as scx_utils does).
+        "sched-die-late" => {
+            std::thread::sleep(Duration::from_secs(num(1, 2)));
+            eprintln!("Error: kernel is missing CONFIG_FUNCTION_TRACER");
+            Some(3)
+        }
         // A "scheduler" that stays alive and never attaches.
         "sched-idle" => {
             eprintln!("fake scheduler: alive, never attaching");

@@ -221,7 +221,7 @@ fn main() {
             Some(code) => std::process::exit(code),
             None => {
                 eprintln!(
-                    "ktstr-guest-init: PID 1 of ktstr test VMs; as a program it runs helpers: spin SECS | sleep SECS | exit CODE [TEXT] | panic | sched-die | sched-idle"
+                    "ktstr-guest-init: PID 1 of ktstr test VMs; as a program it runs helpers: spin SECS | sleep SECS | exit CODE [TEXT] | panic | sched-die | sched-die-late [SECS] | sched-idle"
                 );
                 std::process::exit(2);
             }

@@ -134,13 +134,7 @@ pub fn start(spec: &SchedSpec, force_absent: bool, track: impl Fn(i32)) -> Start
         spec.attach_timeout_ms
     });
     match wait_attached(attach, force_absent, fd) {
-        Attach::Attached(ops) => Started::Attached {
-            child,
-            ops: format!(
-                "{ops} (attached after {} ms)",
-                started.elapsed().as_millis()
-            ),
-        },
+        Attach::Attached(ops) => Started::Attached { child, ops },
         Attach::Died => Started::Died(death_detail(
             &spec.path,
             &mut child,
