@@ -164,3 +164,51 @@ fn unexpected_scheduler_error_points_at_the_dump() {
         assert!(msg.contains(want), "summary lacks {want:?}:\n{msg}");
     }
 }
+
+fn sampled_bpf_error(r: &VmResult) -> Result<()> {
+    let d = r
+        .dump
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no failure dump"))?;
+    anyhow::ensure!(
+        d.provenance.starts_with("sampled"),
+        "captured {} (the watchpoint was not to be armed)",
+        d.provenance
+    );
+    anyhow::ensure!(
+        d.exit_kind_name == "SCX_EXIT_ERROR_BPF",
+        "exit kind {} ({})",
+        d.exit_kind_name,
+        d.exit_kind
+    );
+    // Frozen at the failure, before teardown finished: the scheduler's
+    // instance is still there to read.
+    let sch = d
+        .snapshot
+        .sched
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no scheduler state"))?;
+    anyhow::ensure!(sch.ops_name.is_some(), "{sch:?}");
+    Ok(())
+}
+
+/// With no watchpoint at all, the lock-free sampler sees the error kind
+/// and the session's tick freezes the guest (before the fix the sampler
+/// ran but nothing ever froze on its signal).
+#[test]
+fn the_sampler_alone_captures_at_the_failure() {
+    const DEF: ktstr::test_support::TestDef = ktstr::test_support::TestDef {
+        name: "the_sampler_alone_captures_at_the_failure",
+        module: module_path!(),
+        body: spinners,
+        scheduler: Some(QMAP),
+        extra_sched_args: &["-e", "50"],
+        duration_s: 3,
+        expect_err: true,
+        expect_scx_bpf_error_contains: Some("test triggering error"),
+        post_vm: Some(sampled_bpf_error),
+        capture: ktstr_test::host::failure::CaptureMode::Sampled,
+        ..ktstr::test_support::TestDef::DEFAULT
+    };
+    ktstr::test_support::run_test(&DEF);
+}

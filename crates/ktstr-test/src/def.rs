@@ -67,6 +67,9 @@ pub struct TestDef {
     /// Also write a vmcore at the instant of failure (or `KTSTR_VMCORE=1`).
     pub vmcore: bool,
     pub kernel: Option<&'static str>,
+    /// How a scheduler failure is caught (`KTSTR_CAPTURE=sample` forces
+    /// sampling for every test).
+    pub capture: crate::host::failure::CaptureMode,
 }
 
 impl TestDef {
@@ -85,5 +88,6 @@ impl TestDef {
         expect_scx_bpf_error_contains: None,
         vmcore: false,
         kernel: None,
+        capture: crate::host::failure::CaptureMode::Watchpoint,
     };
 }

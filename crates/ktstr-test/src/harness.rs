@@ -135,7 +135,10 @@ fn host_mode(def: &TestDef) {
         payload_env: vec![(GUEST_TEST_ENV.into(), exact_name(def))],
         vmcore: def.vmcore || std::env::var("KTSTR_VMCORE").is_ok_and(|v| v == "1"),
         attach_timeout: None,
-        capture: crate::host::failure::CaptureMode::from_env(),
+        capture: match crate::host::failure::CaptureMode::from_env() {
+            crate::host::failure::CaptureMode::Sampled => crate::host::failure::CaptureMode::Sampled,
+            crate::host::failure::CaptureMode::Watchpoint => def.capture,
+        },
     };
     let vr = crate::host::runner::run(&env, &req).unwrap_or_else(|e| panic!("{e}"));
     let mut failures =
