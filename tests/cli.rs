@@ -101,3 +101,23 @@ fn help_explains_every_command() {
     let (ok, text) = out(ktstr().args(["run", "--scenario", "nope"]));
     assert!(!ok && text.contains("unknown scenario `nope`"), "{text}");
 }
+
+#[test]
+fn cache_clean_empties_the_artifact_caches() {
+    let t = tempfile::tempdir().unwrap();
+    for part in ["initramfs", "payloads"] {
+        std::fs::create_dir_all(t.path().join(part)).unwrap();
+        std::fs::write(t.path().join(part).join("x"), vec![0u8; 4096]).unwrap();
+    }
+    let o = ktstr()
+        .env("KTSTR_CACHE_DIR", t.path())
+        .args(["cache", "clean"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("removed 2 cached artifacts"),
+        "{text}"
+    );
+    assert!(!t.path().join("initramfs/x").exists() && !t.path().join("payloads/x").exists());
+}

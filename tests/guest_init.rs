@@ -104,7 +104,10 @@ fn scheduler_dying_before_attach_is_reported_at_once_with_its_cause() {
     let d = r
         .phase(&Phase::SchedulerDied)
         .unwrap_or_else(|| panic!("no died report: {r:?}"));
-    assert!(d.contains("exit status: 3") && d.contains("before attaching"), "{d}");
+    assert!(
+        d.contains("exit status: 3") && d.contains("before attaching"),
+        "{d}"
+    );
     assert!(d.contains("CONFIG_FUNCTION_TRACER=y"), "{d}");
     assert!(r.phase(&Phase::SchedulerNotAttached).is_none(), "{r:?}");
     // Well before the 60 s attach timeout.
@@ -145,7 +148,10 @@ fn a_dynamic_scheduler_binary_gets_its_libraries() {
         .unwrap_or_else(|| panic!("{:?}", vr.lifecycle));
     // `true` ran (exit 0 inside the liveness gate): the loader found libc.
     assert!(d.contains("exit status: 0"), "{d}");
-    assert!(!d.contains("could not start") && !vr.sched_log.contains("error while loading"), "{d}");
+    assert!(
+        !d.contains("could not start") && !vr.sched_log.contains("error while loading"),
+        "{d}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch for the `ktstr` binary.
 
+mod cache_cmd;
 mod dump;
 mod kernel;
 mod run;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Re-render saved failure dumps.
     #[command(subcommand)]
     Dump(dump::DumpCmd),
+    /// Inspect and clean the cache (initramfs archives, test binaries).
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCmd),
     /// Print the sched_ext and EEVDF state of any vmcore.
     Analyze {
         /// The vmlinux of the kernel that produced the dump (symbols + BTF).
@@ -78,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::Sched(s) => sched::run(&cli, s),
         Command::Run(a) => run::run_cmd(&cli, a),
         Command::Dump(d) => dump::dump_cmd(d),
+        Command::Cache(c) => cache_cmd::run(&cli, c),
         Command::Analyze {
             vmlinux,
             vmcore,

@@ -34,8 +34,8 @@ pub struct RunArgs {
     /// run never overcommits the host by default].
     #[arg(long)]
     pub topology: Option<Topology>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 512)]
+    /// Guest memory in MiB (128 ..= 1048576).
+    #[arg(long, default_value_t = 512, value_parser = parse_memory)]
     pub memory: u32,
     /// Scenario duration (e.g. 10s, 500ms, 2m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -81,6 +81,16 @@ impl RunArgs {
         v.extend(self.trailing_sched_args.iter().cloned());
         Ok(v)
     }
+}
+
+/// Guest memory in MiB, within the VM's limits.
+fn parse_memory(s: &str) -> Result<u32, String> {
+    let mb: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad memory `{s}`: a number of MiB, e.g. 512"))?;
+    ktstr_vmm::spec::validate_memory_mb(mb)?;
+    Ok(mb)
 }
 
 /// `10s`, `500ms`, `2m`, or plain seconds.
@@ -381,6 +391,23 @@ mod tests {
             e.contains("unbalanced quotes") && e.contains("--sched-arg"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn absurd_numbers_are_refused_naming_the_limit() {
+        use clap::Parser;
+        let e = crate::cli::Cli::try_parse_from(["ktstr", "run", "--topology", "65536,65536,1,1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 252"), "{e}");
+        let e = crate::cli::Cli::try_parse_from(["ktstr", "run", "--memory", "16"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("128..="), "{e}");
+        let e = crate::cli::Cli::try_parse_from(["ktstr", "run", "--duration", "99999h"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duration"), "{e}");
     }
 
     #[test]

@@ -73,6 +73,13 @@ fn payload_binary(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
             std::fs::copy(&exe, &tmp)?;
         }
         std::fs::rename(&tmp, &out)?;
+        crate::host::cache_gc::prune(
+            dir,
+            crate::host::cache_gc::budget_bytes(),
+            crate::host::cache_gc::MIN_AGE,
+        );
+    } else {
+        crate::host::cache_gc::touch(&out);
     }
     Ok(out)
 }
@@ -136,7 +143,9 @@ fn host_mode(def: &TestDef) {
         vmcore: def.vmcore || std::env::var("KTSTR_VMCORE").is_ok_and(|v| v == "1"),
         attach_timeout: None,
         capture: match crate::host::failure::CaptureMode::from_env() {
-            crate::host::failure::CaptureMode::Sampled => crate::host::failure::CaptureMode::Sampled,
+            crate::host::failure::CaptureMode::Sampled => {
+                crate::host::failure::CaptureMode::Sampled
+            }
             crate::host::failure::CaptureMode::Watchpoint => def.capture,
         },
     };

@@ -4,6 +4,24 @@ use crate::console::ConsoleSink;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Most vCPUs a VM may have.
+pub const MAX_VCPUS: u32 = 252;
+/// Least guest memory, MiB (a kernel, an initramfs, a workload).
+pub const MIN_MEMORY_MB: u32 = 128;
+/// Most guest memory, MiB.
+pub const MAX_MEMORY_MB: u32 = 1 << 20;
+
+/// Check a guest memory size, naming the limits.
+pub fn validate_memory_mb(mb: u32) -> Result<(), String> {
+    if (MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&mb) {
+        Ok(())
+    } else {
+        Err(format!(
+            "guest memory {mb} MiB is outside {MIN_MEMORY_MB}..={MAX_MEMORY_MB} MiB"
+        ))
+    }
+}
+
 /// The CPU topology presented to the guest: `nodes` NUMA nodes, each with
 /// `llcs` last-level caches (one socket each), each with `cores` cores of
 /// `threads` SMT threads.
@@ -26,23 +44,35 @@ impl Topology {
         }
     }
 
+    /// Total vCPUs (saturating: an absurd shape counts as `u32::MAX`, which
+    /// [`Topology::validate`] refuses).
     pub fn nr_cpus(&self) -> u32 {
-        self.nodes * self.llcs * self.cores * self.threads
+        self.checked_cpus().unwrap_or(u32::MAX)
     }
 
-    /// Check the shape is usable: every count >= 1 and at most 64 vCPUs
-    /// (the test kernels' NR_CPUS).
+    fn checked_cpus(&self) -> Option<u32> {
+        self.nodes
+            .checked_mul(self.llcs)?
+            .checked_mul(self.cores)?
+            .checked_mul(self.threads)
+    }
+
+    /// Check the shape is usable: every count >= 1 and at most
+    /// [`MAX_VCPUS`] vCPUs (x86 without x2APIC routing: QEMU's `pc` machine
+    /// and ktstr's MP table both address at most 255 APIC ids).
     pub fn validate(&self) -> Result<(), String> {
         if self.nodes == 0 || self.llcs == 0 || self.cores == 0 || self.threads == 0 {
             return Err(format!("topology {self} has a zero count"));
         }
-        if self.nr_cpus() > 64 {
-            return Err(format!(
-                "topology {self} has {} vCPUs; at most 64 are supported",
-                self.nr_cpus()
-            ));
+        match self.checked_cpus() {
+            Some(n) if n <= MAX_VCPUS => Ok(()),
+            Some(n) => Err(format!(
+                "topology {self} has {n} vCPUs; at most {MAX_VCPUS} are supported"
+            )),
+            None => Err(format!(
+                "topology {self} multiplies past 2^32 vCPUs; at most {MAX_VCPUS} are supported"
+            )),
         }
-        Ok(())
     }
 }
 
@@ -62,6 +92,7 @@ impl std::str::FromStr for Topology {
     fn from_str(s: &str) -> Result<Self, String> {
         let v: Vec<u32> = s
             .split(',')
+            .take(5)
             .map(|p| {
                 p.trim()
                     .parse::<u32>()
@@ -145,4 +176,29 @@ pub enum VmExit {
     Timeout,
     /// The engine failed (QEMU died, bad options, ...).
     EngineError(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_topologies_are_checked_not_wrapped() {
+        let e = "65536,65536,1,1".parse::<Topology>().unwrap_err();
+        assert!(e.contains("252"), "{e}");
+        let e = "1,1,253,1".parse::<Topology>().unwrap_err();
+        assert!(e.contains("253 vCPUs") && e.contains("252"), "{e}");
+        assert!("1,1,0,1".parse::<Topology>().unwrap_err().contains("zero"));
+        assert!("1,2,3".parse::<Topology>().is_err());
+        assert!("1,1,x,1".parse::<Topology>().is_err());
+        assert_eq!("2,3,7,2".parse::<Topology>().unwrap().nr_cpus(), 84);
+        let huge = Topology {
+            nodes: u32::MAX,
+            llcs: 2,
+            cores: 1,
+            threads: 1,
+        };
+        assert_eq!(huge.nr_cpus(), u32::MAX);
+        assert!(validate_memory_mb(64).is_err() && validate_memory_mb(512).is_ok());
+    }
 }

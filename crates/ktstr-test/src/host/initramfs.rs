@@ -173,11 +173,20 @@ impl Initramfs {
         if path.is_file()
             && std::fs::metadata(&path).map(|m| m.len()).ok() == Some(bytes.len() as u64)
         {
+            super::cache_gc::touch(&path);
             return Ok(path);
         }
         let tmp = dir.join(format!(".initramfs-{hash}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let pruned = super::cache_gc::prune(
+            dir,
+            super::cache_gc::budget_bytes(),
+            super::cache_gc::MIN_AGE,
+        );
+        if pruned.files > 0 {
+            tracing::debug!(?pruned, "initramfs cache pruned");
+        }
         Ok(path)
     }
 }

@@ -7,6 +7,7 @@
 //! to end), [`cold`] (kernel ops), [`failure`] + [`dump`] +
 //! [`vmcore_dump`] (failure capture).
 
+pub mod cache_gc;
 pub mod cold;
 pub mod dump;
 pub mod env;

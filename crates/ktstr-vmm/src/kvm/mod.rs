@@ -156,6 +156,7 @@ impl KvmVm {
     /// Boot Linux as `spec` says.
     pub fn boot(spec: &VmSpec) -> Result<Self, VmError> {
         spec.topology.validate().map_err(VmError::Spec)?;
+        crate::spec::validate_memory_mb(spec.memory_mb).map_err(VmError::Spec)?;
         let console = Console::new(
             crate::console::DEFAULT_RING_BYTES,
             spec.console_sink.clone(),

@@ -225,12 +225,7 @@ impl QemuVm {
                 i.display()
             )));
         }
-        if spec.memory_mb < 64 {
-            return Err(VmError::Spec(format!(
-                "memory_mb = {} is too small (>= 64)",
-                spec.memory_mb
-            )));
-        }
+        crate::spec::validate_memory_mb(spec.memory_mb).map_err(VmError::Spec)?;
         let dir = tempdir::Dir::new("ktstr-vm").map_err(VmError::io("temp dir"))?;
         let qmp_path = dir.path().join("qmp.sock");
         let gdb_path = dir.path().join("gdb.sock");
