@@ -81,10 +81,12 @@ fn stalled_on_a_queue(r: &VmResult) -> Result<()> {
         .and_then(|x| x.split(']').next())
         .unwrap_or("")
         .parse()?;
-    let t = d
-        .snapshot
-        .task(pid)
-        .ok_or_else(|| anyhow::anyhow!("stalled pid {pid} not in the dump"))?;
+    let t = d.snapshot.task(pid).ok_or_else(|| {
+        anyhow::anyhow!(
+            "stalled pid {pid} not in the dump (captured: {})",
+            d.provenance
+        )
+    })?;
     anyhow::ensure!(
         who.starts_with(&t.comm),
         "pid {pid} is {} in the dump, {who} in the kernel's words",

@@ -38,6 +38,9 @@ pub const MAX_SEGMENTS: usize = 65_536;
 pub const MAX_NOTE_SEGMENTS: usize = 1024;
 /// Most notes parsed in all.
 pub const MAX_NOTES: usize = 65_536;
+/// Most bytes of one PT_NOTE segment read (notes of 8192 CPUs fit in a
+/// few MiB; a larger segment is garbage or an amplification attempt).
+pub const MAX_NOTE_SEGMENT_BYTES: usize = 4 << 20;
 
 /// Refuse anything but a regular file before opening it.
 pub fn check_regular(path: &Path) -> Result<(), VmcoreError> {
@@ -122,8 +125,9 @@ struct Segment {
     memsz: u64,
 }
 
-/// The bytes of a vmcore: a private mapping of the file, or memory.
-type Backing = Box<dyn AsRef<[u8]> + Send + Sync>;
+/// The bytes of a vmcore: a private mapping of the file, memory, or any
+/// other source of one contiguous byte slice.
+pub type Backing = Box<dyn AsRef<[u8]> + Send + Sync>;
 
 /// An ELF vmcore (memory-mapped from a file, or held in memory).
 pub struct Vmcore {
@@ -164,7 +168,8 @@ impl Vmcore {
         Self::from_backing(Box::new(bytes))
     }
 
-    fn from_backing(map: Backing) -> Result<Self, VmcoreError> {
+    /// Parse a vmcore from any byte source.
+    pub fn from_backing(map: Backing) -> Result<Self, VmcoreError> {
         let data: &[u8] = (*map).as_ref();
         let hdr =
             goblin::elf::Elf::parse_header(data).map_err(|e| VmcoreError::Format(e.to_string()))?;
@@ -224,7 +229,9 @@ impl Vmcore {
                         continue;
                     }
                     let start = usize::try_from(ph.p_offset).unwrap_or(usize::MAX);
-                    let len = usize::try_from(ph.p_filesz).unwrap_or(usize::MAX);
+                    let len = usize::try_from(ph.p_filesz)
+                        .unwrap_or(usize::MAX)
+                        .min(MAX_NOTE_SEGMENT_BYTES);
                     let end = start.saturating_add(len).min(data.len());
                     let Some(notes) = data.get(start..end) else {
                         continue;

@@ -365,7 +365,7 @@ mod fuzz {
         /// that are valid, garbage, NULL, self-referencing or unmapped:
         /// the snapshot must finish, quickly, without panicking.
         #[test]
-        fn arbitrary_memory_never_panics(writes in proptest::collection::vec((0u64..0x20_0000, 0usize..6, any::<u64>()), 1..200)) {
+        fn arbitrary_memory_never_panics(writes in proptest::collection::vec((0u64..0x20_0000, 0usize..10, any::<u64>()), 1..200)) {
             let Some(sc) = build_72(false) else { return Ok(()) };
             let g = &sc.g;
             let base = g.pa(sc.tasks[0]) & !0xfff;
@@ -377,6 +377,14 @@ mod fuzz {
                     2 => ktstr_introspect::synth::PAGE_OFFSET + (raw % ktstr_introspect::synth::RAM),
                     3 => 0xffff_a000_0000_0000 | (raw & 0xffff),
                     4 => ktstr_introspect::synth::PAGE_OFFSET + pa,
+                    // Near the top of the address space: sums overflow.
+                    5 => u64::MAX - (raw % 0x1_0000),
+                    // A back pointer: the field's own list head's prev slot.
+                    6 => (ktstr_introspect::synth::PAGE_OFFSET + pa).wrapping_sub(8),
+                    // Self + 8 (`&head + 8`: a non-node pretending to be one).
+                    7 => ktstr_introspect::synth::PAGE_OFFSET + pa + 8,
+                    // Small counts and ids near the u32 limits.
+                    8 => u64::from(u32::MAX) - (raw % 4),
                     _ => raw | 1,
                 };
                 let _ = g.mem.write_u64(pa, v);
@@ -384,6 +392,7 @@ mod fuzz {
             let start = std::time::Instant::now();
             let s = snapshot(&g.kernel(), &CollectOptions::default());
             let _ = ktstr_introspect::render::render_text(&s);
+            let _ = serde_json::to_string(&s);
             prop_assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
         }
     }

@@ -14,7 +14,7 @@ pub mod guest;
 pub mod harness;
 pub mod host;
 pub mod result;
-#[cfg(feature = "test-utils")]
+#[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 
 /// What `#[ktstr_test]` expansions name (not a public API).

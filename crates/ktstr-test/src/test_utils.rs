@@ -5,9 +5,12 @@
 use crate::host::env::{VcpuSlot, VmEnv, vm_env};
 use crate::host::initramfs::Initramfs;
 use crate::host::session;
-use ktstr_vmm::{RunningVm, Topology};
+use crate::host::session::SessionVm;
+use ktstr_vmm::{RunningVm, Topology, VmError, VmExit};
 use ktstr_wire::RunSpec;
-use std::time::Duration;
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A RunSpec whose payload is a guest-init helper (`/init <args>`).
 pub fn helper_run(args: &[&str], timeout: Duration) -> RunSpec {
@@ -80,5 +83,53 @@ pub fn no_ops() -> impl FnMut(
                 ktstr_wire::KernelOpReplyPayload::refused("no kernel-op handler in this session")
             })
             .collect()
+    }
+}
+
+/// A guest that is only a socket: the test writes whatever bytes it
+/// likes into the other end.
+pub struct FakeVm {
+    host: Mutex<Option<UnixStream>>,
+    booted: Instant,
+    deadline: Duration,
+}
+
+impl FakeVm {
+    /// A fake VM whose deadline is `deadline` from now, and the guest end
+    /// of its channel.
+    pub fn new(deadline: Duration) -> (Self, UnixStream) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let vm = Self {
+            host: Mutex::new(Some(host)),
+            booted: Instant::now(),
+            deadline,
+        };
+        (vm, guest)
+    }
+}
+
+impl SessionVm for FakeVm {
+    fn channel(&self, _: u32) -> Result<UnixStream, VmError> {
+        self.host
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| VmError::Spec("channel already taken".into()))
+    }
+    fn console_total(&self) -> u64 {
+        0
+    }
+    fn console_text(&self) -> String {
+        String::new()
+    }
+    fn finished(&self) -> bool {
+        self.booted.elapsed() > self.deadline
+    }
+    fn kill(&self) {}
+    fn wait_or_kill(&self, _: Duration) -> VmExit {
+        VmExit::PowerOff
+    }
+    fn booted_at(&self) -> Instant {
+        self.booted
     }
 }

@@ -16,6 +16,9 @@ pub const PROVENANCE_WATCHPOINT: &str =
     "watchpoint: frozen at the exit_kind write, before teardown";
 pub const PROVENANCE_WATCHPOINT_DONE: &str = "watchpoint: frozen at the disable work's exit_kind write (SCX_EXIT_DONE), before teardown; kind from the kernel's exit reason";
 pub const PROVENANCE_SAMPLED: &str = "sampled: exit_kind seen by lock-free sampling (every 10 ms, no watchpoint), frozen at the session's next tick";
+/// The watchpoint was armed but did not report the write; the backstop
+/// sampler saw it.
+pub const PROVENANCE_SAMPLED_BACKSTOP: &str = "sampled: the armed watchpoint did not report the exit_kind write (TCG); lock-free sampling (every 10 ms) saw it, frozen at the session's next tick";
 pub const PROVENANCE_AFTER_TEARDOWN: &str =
     "after teardown: frozen when the scheduler's death was reported";
 

@@ -11,8 +11,8 @@
 use super::error::HostError;
 use crate::host::cold::frozen_kernel;
 use crate::host::dump::{
-    FailureDump, PROVENANCE_AFTER_TEARDOWN, PROVENANCE_SAMPLED, PROVENANCE_WATCHPOINT,
-    PROVENANCE_WATCHPOINT_DONE, capture,
+    FailureDump, PROVENANCE_AFTER_TEARDOWN, PROVENANCE_SAMPLED, PROVENANCE_SAMPLED_BACKSTOP,
+    PROVENANCE_WATCHPOINT, PROVENANCE_WATCHPOINT_DONE, capture,
 };
 use ktstr_introspect::image::KernelImage;
 use ktstr_introspect::kernel::{KaslrSource, Kernel};
@@ -82,6 +82,8 @@ pub struct FailureCapture {
     pub arm_error: Option<String>,
     mode: CaptureMode,
     sampled: Arc<Sampler>,
+    /// The sampler backs up an armed watchpoint (not the only source).
+    backstop: bool,
 }
 
 /// Shared state of the lock-free exit-kind sampler.
@@ -102,12 +104,13 @@ impl FailureCapture {
             arm_error: None,
             mode,
             sampled: Arc::default(),
+            backstop: false,
         }
     }
 
-    /// Is the sampler running (the watchpoint is not)?
+    /// Is the sampler the only capture source (no watchpoint armed)?
     pub fn sampling(&self) -> bool {
-        self.sampled.running.load(Ordering::SeqCst)
+        self.sampled.running.load(Ordering::SeqCst) && !self.backstop
     }
 
     fn has_capture(&self) -> bool {
@@ -127,12 +130,18 @@ impl FailureCapture {
                         "KTSTR_CAPTURE=sample: no watchpoint requested".into(),
                     )),
                 };
-                if let Err(e) = armed {
+                if let Err(e) = &armed {
                     tracing::info!(error = %e, "not watching the scheduler's exit kind; sampling it instead");
                     self.arm_error = Some(e.to_string());
-                    if let Err(e) = self.start_sampling(vm, hello) {
-                        tracing::warn!(error = %e, "cannot sample the exit kind either; a dump after teardown remains");
-                    }
+                }
+                // The sampler runs beside an armed watchpoint too: under
+                // TCG a watchpoint hit is not always reported (both the
+                // claim and the DONE write were missed once in CI), and
+                // without a backstop the dump came after teardown, when
+                // the stalled task had exited.
+                self.backstop = armed.is_ok();
+                if let Err(e) = self.start_sampling(vm, hello) {
+                    tracing::warn!(error = %e, "cannot sample the exit kind; a dump after teardown remains");
                 }
             }
             Phase::SchedulerDied if !self.has_capture() => {
@@ -238,7 +247,14 @@ impl FailureCapture {
     /// error, freeze and capture now.
     pub fn poll(&mut self, vm: &RunningVm, hello: Option<&Hello>) {
         if self.sampled.hit.swap(false, Ordering::SeqCst) && !self.has_capture() {
-            self.freeze_and_capture(vm, hello, PROVENANCE_SAMPLED);
+            // With a watchpoint armed, a hit in flight holds the pause:
+            // the freeze below waits for it and then finds its capture.
+            let prov = if self.backstop {
+                PROVENANCE_SAMPLED_BACKSTOP
+            } else {
+                PROVENANCE_SAMPLED
+            };
+            self.freeze_and_capture(vm, hello, prov);
         }
     }
 
@@ -247,6 +263,9 @@ impl FailureCapture {
         let Ok(f) = vm.freeze(Duration::from_secs(10)) else {
             return;
         };
+        if self.has_capture() {
+            return;
+        }
         if let Ok(k) = frozen_kernel(&f, &self.image, hello) {
             let d = capture_frozen(&f, &k, provenance, None, self.vmcore.as_ref());
             *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);

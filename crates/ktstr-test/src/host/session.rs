@@ -332,55 +332,9 @@ pub fn run<V: SessionVm + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_utils::FakeVm;
     use ktstr_wire::{PROTO_VERSION, frame::encode};
     use std::io::Write;
-    use std::sync::Mutex;
-
-    /// A guest that is only a socket: the test writes whatever bytes it
-    /// likes into the other end.
-    struct FakeVm {
-        host: Mutex<Option<UnixStream>>,
-        booted: Instant,
-        deadline: Duration,
-    }
-
-    impl FakeVm {
-        fn new(deadline: Duration) -> (Self, UnixStream) {
-            let (host, guest) = UnixStream::pair().unwrap();
-            let vm = Self {
-                host: Mutex::new(Some(host)),
-                booted: Instant::now(),
-                deadline,
-            };
-            (vm, guest)
-        }
-    }
-
-    impl SessionVm for FakeVm {
-        fn channel(&self, _: u32) -> Result<UnixStream, VmError> {
-            self.host
-                .lock()
-                .unwrap()
-                .take()
-                .ok_or_else(|| VmError::Spec("channel already taken".into()))
-        }
-        fn console_total(&self) -> u64 {
-            0
-        }
-        fn console_text(&self) -> String {
-            String::new()
-        }
-        fn finished(&self) -> bool {
-            self.booted.elapsed() > self.deadline
-        }
-        fn kill(&self) {}
-        fn wait_or_kill(&self, _: Duration) -> VmExit {
-            VmExit::PowerOff
-        }
-        fn booted_at(&self) -> Instant {
-            self.booted
-        }
-    }
 
     fn frame(m: &GuestMsg) -> Vec<u8> {
         encode(m).unwrap()
