@@ -120,7 +120,7 @@ fn unmarked_impossible(s: &SchedSnapshot) -> Vec<String> {
         (i64::from(t.pid) < 0 || i64::from(t.pid) > PID_MAX || !printable) && t.suspect.is_empty()
     };
     if let Some(j) = s.jiffies
-        && (j < (1u64 << 32) - 300_000 || j > (1u64 << 40))
+        && !((1u64 << 32) - 300_000..=(1u64 << 40)).contains(&j)
         && !s.suspect.iter().any(|m| m.contains("jiffies"))
     {
         bad.push(format!("jiffies {j}"));
@@ -353,9 +353,12 @@ fn u32le(v: u32) -> Vec<u8> {
     v.to_le_bytes().to_vec()
 }
 
+/// (offset of the header, p_type, p_offset, p_filesz).
+type Phdr = (usize, u32, u64, u64);
+
 /// ELF layout facts of the vmcore ktstr wrote: (phoff, phnum, phdrs as
 /// (offset of the header, p_type, p_offset, p_filesz)).
-fn phdrs(d: &[u8]) -> (usize, usize, Vec<(usize, u32, u64, u64)>) {
+fn phdrs(d: &[u8]) -> (usize, usize, Vec<Phdr>) {
     let rd64 = |o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap());
     let phoff = rd64(32) as usize;
     let phnum = u16::from_le_bytes([d[56], d[57]]) as usize;
@@ -522,13 +525,11 @@ fn file_cases(rig: &FileRig, t: &mut Tally) {
 }
 
 /// VMCOREINFO edits, same length (the note's size stays).
-fn vmcoreinfo_cases(rig: &FileRig, t: &mut Tally, d: &[u8], notes: &[&(usize, u32, u64, u64)]) {
+fn vmcoreinfo_cases(rig: &FileRig, t: &mut Tally, d: &[u8], notes: &[&Phdr]) {
     let Some((at, text)) = notes.iter().find_map(|n| {
         let seg = &d[n.2 as usize..(n.2 + n.3) as usize];
         let i = seg.windows(10).position(|w| w == b"VMCOREINFO")?;
         let body = n.2 as usize + i + 12; // name "VMCOREINFO\0" padded to 12
-        let end = seg[i..].iter().position(|&c| c == 0).map(|_| ())?;
-        let _ = end;
         let text_end = d[body..].iter().position(|&c| c == 0)? + body;
         Some((
             body,
