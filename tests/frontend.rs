@@ -13,23 +13,37 @@ use std::time::Duration;
 const SCX_SIMPLE: Scheduler = Scheduler::named("scx_simple");
 const SCX_QMAP: Scheduler = Scheduler::named("scx_qmap");
 
-fn steady(ctx: &Ctx) -> Result<AssertResult> {
-    execute_defs(
-        ctx,
-        vec![
-            CgroupDef::named("steady")
-                .workers(8)
-                .work_type(WorkType::SpinWait),
-        ],
-    )
+fn steady_defs() -> Vec<CgroupDef> {
+    vec![
+        CgroupDef::named("steady")
+            .workers(8)
+            .work_type(WorkType::SpinWait),
+    ]
 }
 
-/// EEVDF baseline: 4 vCPUs, 8 spinning workers for 3 s — none starved,
-/// CPU time within the default 15% spread.
+/// sched_ext schedulers here rotate every runnable task through shared
+/// queues, so they meet the default 15 % spread.
+fn steady(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(ctx, steady_defs())
+}
+
+/// EEVDF baseline: 4 vCPUs, 8 spinning workers in one cgroup for 3 s —
+/// none starved, and CPU time within a spread calibrated for EEVDF here.
+/// Measured on 7.2 under TCG (11 runs): 35-94 %, median 52 % (9 s runs:
+/// 31 %): EEVDF's group load balancing migrates a handful of times per
+/// run, so 3-1 splits last long. 125 % still fails a worker that never
+/// left a crowded CPU (1 s against 3 s alone gives 133 %) or starved.
 #[ktstr_test(cores = 4, duration_s = 3)]
 fn eevdf_steady_is_fair(ctx: &Ctx) -> Result<AssertResult> {
-    steady(ctx)
+    let t = ktstr::assert::Thresholds {
+        fairness_spread: EEVDF_TCG_SPREAD,
+        ..Default::default()
+    };
+    Ok(ktstr::scenario::run_defs_with(ctx, &steady_defs(), &t)?.1)
 }
+
+/// See [`eevdf_steady_is_fair`] for the measurements behind it.
+const EEVDF_TCG_SPREAD: f64 = 1.25;
 
 #[ktstr_test(scheduler = SCX_SIMPLE, cores = 4, duration_s = 3)]
 fn scx_simple_steady_is_fair(ctx: &Ctx) -> Result<AssertResult> {

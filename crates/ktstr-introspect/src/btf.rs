@@ -81,7 +81,7 @@ impl Btf {
     }
 
     /// Strip typedefs and cv-qualifiers.
-    pub fn strip(&self, mut id: u32) -> Result<(u32, Type)> {
+    pub(crate) fn strip(&self, mut id: u32) -> Result<(u32, Type)> {
         for _ in 0..MAX_CHAIN {
             let t = self.ty(id)?;
             match &t {

@@ -118,6 +118,13 @@ impl KernelImage {
         })
     }
 
+    /// The same image with this `linux_banner` text (raw BTF and a
+    /// System.map carry none; the banner scan needs it).
+    pub fn with_banner(mut self, banner: Vec<u8>) -> Self {
+        self.banner = Some(banner);
+        self
+    }
+
     /// Assemble from parts (tests, raw BTF + a symbol list).
     pub fn from_parts(symbols: Symbols, btf: Btf, banner: Option<Vec<u8>>) -> Self {
         Self {

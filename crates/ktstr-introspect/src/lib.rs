@@ -5,6 +5,11 @@
 //! analyse a vmcore on its own. Data flow: a physical-memory source →
 //! [`image::KernelImage`] (symbols + BTF) → address translation → typed
 //! reads → walkers → views.
+//!
+//! Features: `kernel-ops` adds [`kernel_ops`], the host side of ktstr's
+//! cold-path kernel operations (it brings in the `ktstr-wire` protocol);
+//! `test-utils` adds `synth`, a synthetic guest laid out from real BTF for
+//! tests (it panics on misuse, so it is never in a default build).
 
 pub mod btf;
 pub mod collect;
@@ -12,6 +17,7 @@ pub mod getters;
 pub mod helpers;
 pub mod image;
 pub mod kernel;
+#[cfg(feature = "kernel-ops")]
 pub mod kernel_ops;
 pub mod mem;
 pub mod offsets;
@@ -20,6 +26,7 @@ pub mod render;
 pub mod scx_exit;
 pub mod snapshot;
 pub mod symbols;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod synth;
 pub mod translate;
 pub mod validate;

@@ -1,5 +1,5 @@
 //! Walkers and discovery against synthetic guests laid out with the real
-//! BTF of the prebuilt kernels in ../shared: lists empty and full, DSQs
+//! BTF of the 7.2 kernel (a checked-in fixture) and 6.12 (../shared): lists empty and full, DSQs
 //! with tasks and cursors, a cyclic list, a pointer into unmapped memory,
 //! a torn rhashtable chain, a zero per-CPU tail; KASLR discovery by each
 //! path; 4- and 5-level paging; arbitrary memory never panics.
@@ -22,11 +22,16 @@ const DSQ_BYPASS: u64 = (1 << 63) | 3;
 /// jiffies_64 of the synthetic guests: INITIAL_JIFFIES at HZ=1000 plus 100 s.
 const JIFFIES: u64 = (1u64 << 32) - 300_000 + 100_000;
 
+/// The 7.2 image comes from the fixture checked in beside this test (its
+/// raw BTF, xz-compressed, and the System.map lines the walkers use), so
+/// these tests run for any contributor; 6.12 needs `../shared`.
 fn image(k: &str) -> Option<Arc<KernelImage>> {
     static I72: OnceLock<Option<Arc<KernelImage>>> = OnceLock::new();
     static I612: OnceLock<Option<Arc<KernelImage>>> = OnceLock::new();
-    let cell = if k == "7.2" { &I72 } else { &I612 };
-    cell.get_or_init(|| {
+    if k == "7.2" {
+        return I72.get_or_init(|| Some(Arc::new(fixture_72()))).clone();
+    }
+    I612.get_or_init(|| {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../../shared/kernels")
             .join(k)
@@ -41,6 +46,22 @@ fn image(k: &str) -> Option<Arc<KernelImage>> {
         Some(Arc::new(KernelImage::open(&p).expect("vmlinux")))
     })
     .clone()
+}
+
+/// The checked-in 7.2.13 fixture (`tests/fixtures/7.2`): raw BTF, the
+/// System.map lines of the symbols used here, and `linux_banner`'s text.
+fn fixture_72() -> KernelImage {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/7.2");
+    let xz = std::fs::read(dir.join("btf.xz")).expect("fixture btf.xz");
+    let mut raw = Vec::new();
+    lzma_rs::xz_decompress(&mut &xz[..], &mut raw).expect("fixture BTF decompresses");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let btf = tmp.path().join("btf");
+    std::fs::write(&btf, &raw).expect("write BTF");
+    let parts =
+        KernelImage::open_btf_and_system_map(&btf, &dir.join("System.map")).expect("fixture image");
+    let banner = std::fs::read(dir.join("banner")).expect("fixture banner");
+    parts.with_banner(banner)
 }
 
 /// The scenario: 4 possible CPUs, 2 real; tasks on local, user, global and

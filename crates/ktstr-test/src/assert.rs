@@ -68,10 +68,24 @@ impl AssertResult {
     }
 }
 
+impl AssertResult {
+    /// Every check with its verdict and measurement, one per line.
+    pub fn details_text(&self) -> String {
+        self.details
+            .iter()
+            .map(|d| {
+                let v = if d.passed { "ok" } else { "FAILED" };
+                format!("{v} {}: {}", d.name, d.message)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// Thresholds for the standard checks.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
-    /// Max (max-min)/mean of work units among equal workers.
+    /// Max (max-min)/mean of CPU time among equal workers.
     pub fairness_spread: f64,
     /// Longest allowed gap between two work iterations, ms.
     pub max_gap_ms: u64,
@@ -129,18 +143,29 @@ pub fn fairness(reports: &[WorkerReport], spread: f64) -> AssertResult {
     } else {
         f64::INFINITY
     };
-    a.check(
-        "fairness",
-        s <= spread,
-        format!(
-            "CPU-time spread {:.1}% (min {:.0} ms, max {:.0} ms, mean {:.0} ms; threshold {:.0}%)",
-            s * 100.0,
-            min / 1e6,
-            max / 1e6,
-            mean / 1e6,
-            spread * 100.0
-        ),
+    let mut detail = format!(
+        "CPU-time spread {:.1}% (min {:.0} ms, max {:.0} ms, mean {:.0} ms; threshold {:.0}%)",
+        s * 100.0,
+        min / 1e6,
+        max / 1e6,
+        mean / 1e6,
+        spread * 100.0
     );
+    if s > spread {
+        // Which workers, and where they ran: the first question asked.
+        for r in reports.iter().take(32) {
+            detail += &format!(
+                "\n  worker {} pid {}: {} ms CPU of {} ms wall, CPUs {:?}, {} migrations",
+                r.index,
+                r.pid,
+                r.cpu_time_ns / 1_000_000,
+                r.wall_time_ns / 1_000_000,
+                r.cpus,
+                r.migrations
+            );
+        }
+    }
+    a.check("fairness", s <= spread, detail);
     a
 }
 

@@ -72,6 +72,15 @@ pub fn run_defs(
     ctx: &Ctx,
     defs: &[CgroupDef],
 ) -> anyhow::Result<(Vec<CgroupReport>, AssertResult)> {
+    run_defs_with(ctx, defs, &crate::assert::Thresholds::default())
+}
+
+/// Like [`run_defs`], judged against the given thresholds.
+pub fn run_defs_with(
+    ctx: &Ctx,
+    defs: &[CgroupDef],
+    t: &crate::assert::Thresholds,
+) -> anyhow::Result<(Vec<CgroupReport>, AssertResult)> {
     let mut handles = Vec::new();
     for d in defs {
         create_cgroup(&d.name, d.cpuset.as_deref())?;
@@ -89,7 +98,6 @@ pub fn run_defs(
     std::thread::sleep(ctx.duration);
     let mut out = Vec::new();
     let mut a = AssertResult::pass();
-    let t = crate::assert::Thresholds::default();
     for (d, h) in handles {
         let reports = h.stop_and_collect();
         a = a.merge(crate::assert::not_starved(&reports));

@@ -168,7 +168,7 @@ pub fn run(env: &VmEnv, req: &RunRequest) -> Result<VmResult, HostError> {
     let crash_message = match &r.vm_exit {
         VmExit::Panic { console_tail } => Some(console_tail.clone()),
         VmExit::EngineError(e) => Some(e.clone()),
-        _ => crate::harness::kernel_problem(&r.console),
+        _ => ktstr_vmm::kernel_log::find_problem(&r.console).map(|p| p.excerpt),
     };
     let guest_result = r
         .test_result
