@@ -11,18 +11,34 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// A framing or decoding failure.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// Reading or writing the channel failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// End of stream at a frame boundary.
     #[error("peer closed the channel")]
     Closed,
+    /// The length field exceeds [`MAX_FRAME`] (nothing was allocated).
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
+    /// The payload's CRC32 does not match the header's.
     #[error("frame checksum mismatch (got {got:#010x}, want {want:#010x}): corrupt channel")]
-    Checksum { got: u32, want: u32 },
+    Checksum {
+        /// CRC32 computed over the payload received.
+        got: u32,
+        /// CRC32 the header carried.
+        want: u32,
+    },
+    /// The payload is not a valid postcard message of the expected type.
     #[error("undecodable frame: {0}")]
     Decode(String),
+    /// The input ended inside a frame.
     #[error("frame truncated: wanted {want} bytes, got {got}")]
-    Truncated { want: usize, got: usize },
+    Truncated {
+        /// Bytes the frame needs.
+        want: usize,
+        /// Bytes there were.
+        got: usize,
+    },
 }
 
 /// Encode one message into a frame.

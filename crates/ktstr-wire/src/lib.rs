@@ -5,6 +5,8 @@
 //! or vsock). The kernel-op types ([`kernel_op`]) are here because the
 //! guest sends them.
 
+#![deny(missing_docs)]
+
 pub mod frame;
 pub mod kernel_op;
 pub mod msg;

@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 /// One phase of a `Sequence` work type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkPhase {
+    /// Spin for this long.
     Spin(std::time::Duration),
+    /// Sleep for this long.
     Sleep(std::time::Duration),
+    /// Call `sched_yield()` in a loop for this long.
     Yield(std::time::Duration),
 }
 
@@ -25,7 +28,9 @@ pub enum WorkType {
     Mixed,
     /// Spin `burst`, then sleep `idle`.
     Bursty {
+        /// How long to spin.
         burst: std::time::Duration,
+        /// How long to sleep after.
         idle: std::time::Duration,
     },
     /// A wake chain: two tasks (threads of the worker) passing a token
@@ -35,7 +40,9 @@ pub enum WorkType {
     FutexPingPong,
     /// Phases in order, then repeat.
     Sequence {
+        /// The first phase.
         first: WorkPhase,
+        /// The phases after it.
         rest: Vec<WorkPhase>,
     },
 }
@@ -43,10 +50,15 @@ pub enum WorkType {
 /// Scheduling policy for the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SchedPolicy {
+    /// SCHED_OTHER (EEVDF, or sched_ext when it is switched on globally).
     Normal,
+    /// SCHED_BATCH.
     Batch,
+    /// SCHED_IDLE.
     Idle,
+    /// SCHED_FIFO at this priority (1..=99).
     Fifo(u32),
+    /// SCHED_RR at this priority (1..=99).
     RoundRobin(u32),
     /// SCHED_EXT (7).
     Ext,
@@ -55,9 +67,13 @@ pub enum SchedPolicy {
 /// A worker's full instructions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSpec {
+    /// The worker's index in its group.
     pub index: u32,
+    /// What to do.
     pub work: WorkType,
+    /// Scheduling policy to set first.
     pub policy: SchedPolicy,
+    /// Nice value to set first.
     pub nice: i32,
     /// CPUs to pin to (empty: inherit).
     pub cpus: Vec<u32>,
@@ -68,14 +84,19 @@ pub struct WorkerSpec {
 /// What a worker measured.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct WorkerReport {
+    /// The worker's index in its group.
     pub index: u32,
+    /// Its pid in the guest.
     pub pid: i32,
     /// Loop iterations of useful work.
     pub work_units: u64,
+    /// CPU time consumed (CLOCK_THREAD_CPUTIME summed over its threads), ns.
     pub cpu_time_ns: u64,
+    /// Wall time from start to stop, ns.
     pub wall_time_ns: u64,
     /// CPUs it was seen running on.
     pub cpus: Vec<u32>,
+    /// How often it was seen on a different CPU than before.
     pub migrations: u64,
     /// Longest observed gap between two consecutive work iterations.
     pub max_gap_ns: u64,
