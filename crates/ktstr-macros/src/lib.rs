@@ -1,6 +1,6 @@
 //! ktstr-macros: `#[ktstr_test]`.
 //!
-//! ```ignore
+//! ```text
 //! #[ktstr_test(scheduler = MY_SCHED, duration_s = 5, post_vm = check)]
 //! fn my_test(ctx: &Ctx) -> anyhow::Result<AssertResult> { ... }
 //! ```

@@ -152,6 +152,12 @@ fn host_mode(def: &TestDef) {
     let vr = crate::host::runner::run(&env, &req).unwrap_or_else(|e| panic!("{e}"));
     let mut failures =
         crate::host::runner::judge(&vr, def.expect_err, def.expect_scx_bpf_error_contains);
+    // A payload that exited 0 without sending its result could not be
+    // judged: that is never a pass (it was the lost-report symptom).
+    if !def.expect_err && vr.exit_code == 0 && vr.guest_result.is_none() {
+        failures
+            .push("the guest test exited 0 but sent no result: its checks cannot be judged".into());
+    }
     if let Some(post) = def.post_vm
         && let Err(e) = post(&vr)
     {
