@@ -66,9 +66,7 @@ impl AssertResult {
             failed.join("\n")
         }
     }
-}
 
-impl AssertResult {
     /// Every check with its verdict and measurement, one per line.
     pub fn details_text(&self) -> String {
         self.details

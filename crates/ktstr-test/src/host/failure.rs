@@ -82,8 +82,6 @@ pub struct FailureCapture {
     pub arm_error: Option<String>,
     mode: CaptureMode,
     sampled: Arc<Sampler>,
-    /// The sampler backs up an armed watchpoint (not the only source).
-    backstop: bool,
 }
 
 /// Shared state of the lock-free exit-kind sampler.
@@ -104,13 +102,12 @@ impl FailureCapture {
             arm_error: None,
             mode,
             sampled: Arc::default(),
-            backstop: false,
         }
     }
 
     /// Is the sampler the only capture source (no watchpoint armed)?
     pub fn sampling(&self) -> bool {
-        self.sampled.running.load(Ordering::SeqCst) && !self.backstop
+        self.sampled.running.load(Ordering::SeqCst) && self.watch.is_none()
     }
 
     fn has_capture(&self) -> bool {
@@ -124,13 +121,21 @@ impl FailureCapture {
     pub fn on_lifecycle(&mut self, vm: &RunningVm, hello: Option<&Hello>, phase: &Phase) {
         match phase {
             Phase::SchedulerAttached => {
+                let (params, addr) = match self.locate_exit_kind(vm, hello) {
+                    Ok(at) => at,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot locate the exit kind; a dump after teardown remains");
+                        self.arm_error = Some(e.to_string());
+                        return;
+                    }
+                };
                 let armed = match self.mode {
-                    CaptureMode::Watchpoint => self.arm(vm, hello),
+                    CaptureMode::Watchpoint => self.arm(vm, params, addr),
                     CaptureMode::Sampled => Err(HostError::Other(
                         "KTSTR_CAPTURE=sample: no watchpoint requested".into(),
                     )),
                 };
-                if let Err(e) = &armed {
+                if let Err(e) = armed {
                     tracing::info!(error = %e, "not watching the scheduler's exit kind; sampling it instead");
                     self.arm_error = Some(e.to_string());
                 }
@@ -139,8 +144,7 @@ impl FailureCapture {
                 // claim and the DONE write were missed once in CI), and
                 // without a backstop the dump came after teardown, when
                 // the stalled task had exited.
-                self.backstop = armed.is_ok();
-                if let Err(e) = self.start_sampling(vm, hello) {
+                if let Err(e) = self.start_sampling(vm, params, addr) {
                     tracing::warn!(error = %e, "cannot sample the exit kind; a dump after teardown remains");
                 }
             }
@@ -169,8 +173,12 @@ impl FailureCapture {
         Ok((*k.params(), exit_kind_kva(&k)?.0))
     }
 
-    fn arm(&mut self, vm: &RunningVm, hello: Option<&Hello>) -> Result<(), HostError> {
-        let (params, addr) = self.locate_exit_kind(vm, hello)?;
+    fn arm(
+        &mut self,
+        vm: &RunningVm,
+        params: TranslationParams,
+        addr: u64,
+    ) -> Result<(), HostError> {
         let (image, captured, vmcore) = (
             self.image.clone(),
             self.captured.clone(),
@@ -217,8 +225,12 @@ impl FailureCapture {
     /// without stopping the guest (lock-free); the session's tick
     /// ([`FailureCapture::poll`]) freezes once it shows an error, or the
     /// disable work's DONE (which follows an error within microseconds).
-    fn start_sampling(&mut self, vm: &RunningVm, hello: Option<&Hello>) -> Result<(), HostError> {
-        let (params, addr) = self.locate_exit_kind(vm, hello)?;
+    fn start_sampling(
+        &mut self,
+        vm: &RunningVm,
+        params: TranslationParams,
+        addr: u64,
+    ) -> Result<(), HostError> {
         let mem = vm.memory();
         let image = self.image.clone();
         let flag = self.sampled.clone();
@@ -249,7 +261,7 @@ impl FailureCapture {
         if self.sampled.hit.swap(false, Ordering::SeqCst) && !self.has_capture() {
             // With a watchpoint armed, a hit in flight holds the pause:
             // the freeze below waits for it and then finds its capture.
-            let prov = if self.backstop {
+            let prov = if self.watch.is_some() {
                 PROVENANCE_SAMPLED_BACKSTOP
             } else {
                 PROVENANCE_SAMPLED
