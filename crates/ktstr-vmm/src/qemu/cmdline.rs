@@ -106,10 +106,7 @@ pub fn build_args(spec: &VmSpec, s: &Sockets<'_>, accel: Accel) -> Vec<String> {
             ]);
         }
     }
-    push(&[
-        "-action",
-        "reboot=shutdown,shutdown=poweroff,panic=shutdown",
-    ]);
+    push(&["-action", "reboot=shutdown,shutdown=poweroff,panic=none"]);
     a
 }
 

@@ -29,6 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long a panicking guest may take to print its panic and reboot
+/// (under TCG a flush of a long backtrace at 115200 baud takes seconds).
+const PANIC_DRAIN: Duration = Duration::from_secs(10);
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// One pause at a time: a QMP freeze or a watchpoint hit holds it.
@@ -539,8 +543,22 @@ impl QemuVm {
             || self.qmp.events().iter().any(|e| e.name == "GUEST_PANICKED")
             || ev.data.get("reason").and_then(|r| r.as_str()) == Some("guest-panic");
         if panicked || self.panicked_on_console() {
-            // Let the console drain the panic text.
-            std::thread::sleep(Duration::from_millis(100));
+            // QEMU's panic action is `none`: pvpanic fires from the panic
+            // notifiers, before the kernel flushes its console, so the
+            // text (the reason) comes after the event. The kernel then
+            // reboots (`panic=-1`), which QEMU turns into its exit; wait
+            // for that, bounded.
+            let until = Instant::now() + PANIC_DRAIN;
+            while Instant::now() < until && !self.exited() {
+                if self
+                    .qmp
+                    .wait_event(&["SHUTDOWN"], 0, Duration::from_millis(50))
+                    .is_some()
+                {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
             return VmExit::Panic {
                 console_tail: self.console.tail(40),
             };
