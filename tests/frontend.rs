@@ -1,6 +1,6 @@
 //! The frontend end to end on the 7.2 kernel: EEVDF and sched_ext steady
 //! scenarios with the standard checks, cpuset isolation (and a wrong
-//! expectation failing it), cold-path refusals through `Ctx`, and the
+//! expectation failing it), cpu.max throttling, cold-path refusals through `Ctx`, and the
 //! summary a failing check prints.
 
 use anyhow::Result;
@@ -74,6 +74,29 @@ fn cpuset_pinned_cgroup_stays_on_its_cpus(ctx: &Ctx) -> Result<AssertResult> {
     let wrong = isolation(pinned, &[0]);
     let mut a = checks;
     a.check("wrong expectation fails", !wrong.passed(), wrong.summary());
+    Ok(a)
+}
+
+/// cgroup v2 bandwidth control in the guest: a cgroup whose `cpu.max`
+/// is 25 % of one CPU (25 ms per 100 ms) gets 25 % ± 5 points however
+/// many spinners it holds, while an unlimited one beside it does not
+/// (the same check against its use fails).
+#[ktstr_test(cores = 2, duration_s = 4)]
+fn cpu_max_throttles_a_cgroup_to_its_quota(ctx: &Ctx) -> Result<AssertResult> {
+    let (reports, checks) = run_defs(
+        ctx,
+        &[
+            CgroupDef::named("capped").workers(2).cpu_quota_pct(25),
+            CgroupDef::named("free").workers(1),
+        ],
+    )?;
+    let free = ktstr::assert::cpu_quota(&reports[1].reports, 0.25, 0.05);
+    let mut a = checks;
+    a.check(
+        "unlimited cgroup is not at the quota",
+        !free.passed(),
+        free.summary(),
+    );
     Ok(a)
 }
 

@@ -87,6 +87,9 @@ pub struct Thresholds {
     pub fairness_spread: f64,
     /// Longest allowed gap between two work iterations, ms.
     pub max_gap_ms: u64,
+    /// How far a cgroup's CPU use may sit from its `cpu.max` quota, in
+    /// CPUs (0.05 = five percentage points of one CPU).
+    pub quota_tolerance: f64,
 }
 
 impl Default for Thresholds {
@@ -94,6 +97,7 @@ impl Default for Thresholds {
         Self {
             fairness_spread: 0.15,
             max_gap_ms: 2000,
+            quota_tolerance: 0.05,
         }
     }
 }
@@ -196,6 +200,46 @@ pub fn isolation(reports: &[WorkerReport], allowed: &[u32]) -> AssertResult {
     a
 }
 
+/// A cgroup limited by `cpu.max` to `quota` CPUs used `quota` ±
+/// `tolerance` CPUs over the run: its workers' CPU time summed, over the
+/// longest worker's wall time. A run too short to measure (under 1 s of
+/// wall time) fails as unjudgeable, never passes.
+pub fn cpu_quota(reports: &[WorkerReport], quota: f64, tolerance: f64) -> AssertResult {
+    let mut a = AssertResult::default();
+    let wall = reports.iter().map(|r| r.wall_time_ns).max().unwrap_or(0);
+    if wall < 1_000_000_000 {
+        a.check(
+            "cpu_quota",
+            false,
+            format!(
+                "cannot judge the quota: the workers ran {} ms (need >= 1 s)",
+                wall / 1_000_000
+            ),
+        );
+        return a;
+    }
+    let cpu: u64 = reports
+        .iter()
+        .map(|r| r.cpu_time_ns)
+        .fold(0, u64::saturating_add);
+    let used = cpu as f64 / wall as f64;
+    let ok = (used - quota).abs() <= tolerance;
+    a.check(
+        "cpu_quota",
+        ok,
+        format!(
+            "{} workers used {:.1}% of one CPU under a cpu.max quota of {:.1}% (tolerance ±{:.1} points; {} ms CPU in {} ms)",
+            reports.len(),
+            used * 100.0,
+            quota * 100.0,
+            tolerance * 100.0,
+            cpu / 1_000_000,
+            wall / 1_000_000
+        ),
+    );
+    a
+}
+
 /// The longest gap between work iterations stays under `max_ms`.
 pub fn max_gap(reports: &[WorkerReport], max_ms: u64) -> AssertResult {
     let worst = reports.iter().map(|r| r.max_gap_ns).max().unwrap_or(0);
@@ -224,6 +268,31 @@ mod tests {
             max_gap_ns: 5_000_000,
             ..Default::default()
         }
+    }
+
+    fn timed(cpu_ms: u64, wall_ms: u64) -> WorkerReport {
+        WorkerReport {
+            cpu_time_ns: cpu_ms * 1_000_000,
+            wall_time_ns: wall_ms * 1_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quota_is_judged_on_the_cgroup_total() {
+        // Two workers sharing a 25% quota over 4 s: 1000 ms in total.
+        let ok = [timed(480, 4000), timed(530, 4000)];
+        let r = cpu_quota(&ok, 0.25, 0.05);
+        assert!(r.passed(), "{}", r.details_text());
+        assert!(r.details_text().contains("25.2%"), "{}", r.details_text());
+        // Unthrottled: each worker had a whole CPU.
+        let over = [timed(4000, 4000), timed(3900, 4000)];
+        assert!(!cpu_quota(&over, 0.25, 0.05).passed());
+        let under = [timed(300, 4000)];
+        assert!(!cpu_quota(&under, 0.25, 0.05).passed());
+        let short = cpu_quota(&[timed(100, 500)], 0.25, 0.05);
+        assert!(!short.passed() && short.summary().contains("cannot judge"));
+        assert!(!cpu_quota(&[], 0.25, 0.05).passed());
     }
 
     #[test]

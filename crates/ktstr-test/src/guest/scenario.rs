@@ -13,7 +13,45 @@ pub struct CgroupDef {
     pub workers: u32,
     pub cpuset: Option<Vec<u32>>,
     pub work_type: WorkType,
+    /// cgroup v2 `cpu` controller knobs.
+    pub cpu: CpuLimits,
 }
+
+/// The `cpu` controller knobs of a cgroup (written when set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuLimits {
+    /// `cpu.max` quota in µs per period; `None` writes `max` (unlimited)
+    /// when `max_period_us` is set, and nothing otherwise.
+    pub max_quota_us: Option<u64>,
+    /// `cpu.max` period in µs (0: leave `cpu.max` alone).
+    pub max_period_us: u64,
+    /// `cpu.weight` (1..=10000; the kernel's default is 100).
+    pub weight: Option<u32>,
+}
+
+impl CpuLimits {
+    /// The `cpu.max` line to write, if any.
+    pub fn cpu_max_line(&self) -> Option<String> {
+        if self.max_period_us == 0 {
+            return None;
+        }
+        Some(match self.max_quota_us {
+            Some(q) => format!("{q} {}", self.max_period_us),
+            None => format!("max {}", self.max_period_us),
+        })
+    }
+
+    /// The CPU share the quota allows, in CPUs (0.25 = a quarter of one).
+    pub fn quota_cpus(&self) -> Option<f64> {
+        match (self.max_quota_us, self.max_period_us) {
+            (Some(q), p) if p > 0 => Some(q as f64 / p as f64),
+            _ => None,
+        }
+    }
+}
+
+/// The period `cpu_quota_pct` uses (the kernel's default, 100 ms).
+pub const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 
 impl CgroupDef {
     pub fn named(name: &str) -> Self {
@@ -22,6 +60,7 @@ impl CgroupDef {
             workers: 1,
             cpuset: None,
             work_type: WorkType::SpinWait,
+            cpu: CpuLimits::default(),
         }
     }
     pub fn workers(mut self, n: u32) -> Self {
@@ -36,6 +75,46 @@ impl CgroupDef {
         self.work_type = w;
         self
     }
+    /// `cpu.max` as a percentage of one CPU over the default 100 ms period
+    /// (100 = one whole CPU, 250 = two and a half). Panics on 0, which the
+    /// kernel would refuse (a quota must be at least 1 ms).
+    pub fn cpu_quota_pct(mut self, pct: u32) -> Self {
+        assert!(pct > 0, "cpu_quota_pct(0): a quota must be positive");
+        self.cpu.max_quota_us = Some(u64::from(pct) * DEFAULT_CPU_PERIOD_US / 100);
+        self.cpu.max_period_us = DEFAULT_CPU_PERIOD_US;
+        self
+    }
+    /// `cpu.max` as quota and period. Panics outside the kernel's range
+    /// (quota >= 1 ms, 1 ms <= period <= 1 s).
+    pub fn cpu_quota(mut self, quota: std::time::Duration, period: std::time::Duration) -> Self {
+        let (q, p) = (quota.as_micros(), period.as_micros());
+        assert!(
+            q >= 1000,
+            "cpu_quota: quota {quota:?} is below the kernel's 1 ms minimum"
+        );
+        assert!(
+            (1000..=1_000_000).contains(&p),
+            "cpu_quota: period {period:?} is outside the kernel's 1 ms ..= 1 s"
+        );
+        self.cpu.max_quota_us = Some(u64::try_from(q).unwrap_or(u64::MAX));
+        self.cpu.max_period_us = u64::try_from(p).unwrap_or(u64::MAX);
+        self
+    }
+    /// `cpu.max` = `max` (no quota); the weight is kept.
+    pub fn cpu_unlimited(mut self) -> Self {
+        self.cpu.max_quota_us = None;
+        self.cpu.max_period_us = DEFAULT_CPU_PERIOD_US;
+        self
+    }
+    /// `cpu.weight` (1..=10000). Panics outside that range.
+    pub fn cpu_weight(mut self, w: u32) -> Self {
+        assert!(
+            (1..=10_000).contains(&w),
+            "cpu_weight({w}): cpu.weight takes 1..=10000"
+        );
+        self.cpu.weight = Some(w);
+        self
+    }
 }
 
 fn cpulist(c: &[u32]) -> String {
@@ -48,6 +127,27 @@ pub(crate) fn create_cgroup(name: &str, cpuset: Option<&[u32]>) -> anyhow::Resul
     if let Some(c) = cpuset {
         std::fs::write(format!("{dir}/cpuset.cpus"), cpulist(c))
             .map_err(|e| anyhow::anyhow!("{dir}/cpuset.cpus: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Write a cgroup's `cpu` controller knobs; an error names the file and
+/// what the kernel needs for it.
+pub(crate) fn apply_cpu_limits(name: &str, l: &CpuLimits) -> anyhow::Result<()> {
+    let dir = format!("/sys/fs/cgroup/{name}");
+    let write = |file: &str, v: String| {
+        std::fs::write(format!("{dir}/{file}"), &v).map_err(|e| {
+            anyhow::anyhow!(
+                "{dir}/{file} = {v:?}: {e} (needs the cpu controller in the parent's \
+                 cgroup.subtree_control; cpu.max needs CONFIG_CFS_BANDWIDTH)"
+            )
+        })
+    };
+    if let Some(line) = l.cpu_max_line() {
+        write("cpu.max", line)?;
+    }
+    if let Some(w) = l.weight {
+        write("cpu.weight", w.to_string())?;
     }
     Ok(())
 }
@@ -84,6 +184,7 @@ pub fn run_defs_with(
     let mut handles = Vec::new();
     for d in defs {
         create_cgroup(&d.name, d.cpuset.as_deref())?;
+        apply_cpu_limits(&d.name, &d.cpu)?;
         let cfg = WorkloadConfig {
             num_workers: d.workers,
             work_type: d.work_type.clone(),
@@ -106,6 +207,9 @@ pub fn run_defs_with(
         }
         if let Some(c) = &d.cpuset {
             a = a.merge(crate::assert::isolation(&reports, c));
+        }
+        if let Some(q) = d.cpu.quota_cpus() {
+            a = a.merge(crate::assert::cpu_quota(&reports, q, t.quota_tolerance));
         }
         out.push(CgroupReport {
             name: d.name.clone(),
@@ -187,4 +291,41 @@ pub fn run_builtin(name: &str) -> anyhow::Result<ScenarioReport> {
         cgroups,
         checks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn cpu_knobs_write_what_the_kernel_reads() {
+        let d = CgroupDef::named("q").cpu_quota_pct(25);
+        assert_eq!(d.cpu.cpu_max_line().as_deref(), Some("25000 100000"));
+        assert_eq!(d.cpu.quota_cpus(), Some(0.25));
+        let d = d.cpu_unlimited().cpu_weight(200);
+        assert_eq!(d.cpu.cpu_max_line().as_deref(), Some("max 100000"));
+        assert_eq!((d.cpu.quota_cpus(), d.cpu.weight), (None, Some(200)));
+        let d =
+            CgroupDef::named("q").cpu_quota(Duration::from_millis(5), Duration::from_millis(10));
+        assert_eq!(d.cpu.cpu_max_line().as_deref(), Some("5000 10000"));
+        assert_eq!(CgroupDef::named("q").cpu.cpu_max_line(), None);
+        assert_eq!(
+            CgroupDef::named("q").cpu_quota_pct(250).cpu.quota_cpus(),
+            Some(2.5)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "1..=10000")]
+    fn weight_out_of_range_is_refused() {
+        let _ = CgroupDef::named("q").cpu_weight(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "1 ms minimum")]
+    fn tiny_quota_is_refused() {
+        let _ =
+            CgroupDef::named("q").cpu_quota(Duration::from_micros(10), Duration::from_millis(100));
+    }
 }
