@@ -17,8 +17,10 @@ use std::process::ExitCode;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Scheduler: a cached name (scx_simple, scx_qmap), a path to a static
-    /// binary, or `eevdf` for no sched_ext scheduler.
+    /// Scheduler: a cached name (scx_simple, scx_qmap, or one built with
+    /// `ktstr sched build --crate`, e.g. scx_bpfland or scx_bpfland@1.1.4),
+    /// a path to a binary (static or dynamic: its libraries come along),
+    /// or `eevdf` for no sched_ext scheduler.
     #[arg(long, default_value = "scx_simple")]
     pub scheduler: String,
     /// Arguments for the scheduler as one string, split like a shell

@@ -7,10 +7,24 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum SchedCmd {
-    /// Build static scx_simple and scx_qmap from the kernel's
-    /// tools/sched_ext (BPF with a clang that kernel's verifier accepts:
-    /// sid's clang-22 for 7.x, clang-19 for 6.12) into the cache.
+    /// Build schedulers into the cache. Without --crate/--workspace:
+    /// static scx_simple and scx_qmap from the kernel's tools/sched_ext
+    /// (BPF with a clang that kernel's verifier accepts: sid's clang-22
+    /// for 7.x, clang-19 for 6.12). With --crate: a published scheduler
+    /// (`cargo install`, e.g. scx_bpfland, scx_lavd, scx_cosmos); with
+    /// --workspace DIR -p NAME: one from your own cargo workspace. Cargo
+    /// builds are dynamically linked, CO-RE, cached once for every kernel,
+    /// and used by name: `ktstr run --scheduler scx_bpfland`.
     Build {
+        /// A crates.io scheduler, NAME or NAME@VERSION (e.g. scx_bpfland@1.1.4).
+        #[arg(long = "crate", value_name = "NAME[@VERSION]", conflicts_with_all = ["workspace", "kernel", "source"])]
+        krate: Option<String>,
+        /// A cargo workspace directory to build one package (-p) from.
+        #[arg(long, value_name = "DIR", requires = "package", conflicts_with_all = ["kernel", "source"])]
+        workspace: Option<PathBuf>,
+        /// The package (and binary) to build from --workspace.
+        #[arg(long, short = 'p', value_name = "NAME", requires = "workspace")]
+        package: Option<String>,
         /// Cached kernel to build for [default: the default kernel].
         #[arg(long)]
         kernel: Option<String>,
@@ -39,10 +53,30 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
     let cache = cache(&cli.cache_dir)?;
     match cmd {
         SchedCmd::Build {
+            krate,
+            workspace,
+            package,
             kernel,
             source,
             jobs,
         } => {
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            use ktstr_kernels::provision::cargo_sched::{self, CargoScheduler};
+            let what = match (krate, workspace, package) {
+                (Some(c), _, _) => Some(CargoScheduler::from_crate_spec(c)?),
+                (None, Some(dir), Some(p)) => Some(CargoScheduler::Workspace {
+                    dir: dir.clone(),
+                    package: p.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(what) = what {
+                let p = cargo_sched::build(&cache, &what, jobs)?;
+                let size = std::fs::metadata(&p).map_or(0, |m| m.len());
+                println!("{} ({:.1} MB)", p.display(), size as f64 / 1e6);
+                return Ok(ExitCode::SUCCESS);
+            }
             let k = match kernel {
                 Some(k) => k.clone(),
                 None => {
@@ -54,8 +88,6 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
                         .name
                 }
             };
-            let jobs =
-                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             ktstr_kernels::provision::sched::build(&cache, &k, source.as_deref(), jobs)?;
         }
         SchedCmd::Import { dir, kernel } => {
@@ -92,7 +124,7 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
         }
         SchedCmd::List => {
             let kernels = cache.scheduler_kernels()?;
-            if kernels.is_empty() {
+            if kernels.is_empty() && cache.list_crate_schedulers()?.is_empty() {
                 println!(
                     "no schedulers in {}; run `ktstr sched build`",
                     cache.root().display()
@@ -102,6 +134,9 @@ pub fn run(cli: &Cli, cmd: &SchedCmd) -> anyhow::Result<ExitCode> {
                 for p in cache.list_schedulers(&k)? {
                     println!("{k:<8} {}", p.display());
                 }
+            }
+            for (name, version, p) in cache.list_crate_schedulers()? {
+                println!("{:<8} {name}@{version} {}", "any", p.display());
             }
         }
     }

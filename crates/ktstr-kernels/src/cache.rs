@@ -53,7 +53,7 @@ pub enum CacheError {
         available: String,
     },
     #[error(
-        "scheduler `{name}` not found (looked in: {looked}). Run `ktstr sched build --kernel {kernel}`, or set KTSTR_SCHED_DIR to a directory that has it"
+        "scheduler `{name}` not found (looked in: {looked}). Build it: `ktstr sched build --kernel {kernel}` (scx_simple, scx_qmap) or `ktstr sched build --crate NAME[@VERSION]` (a published scheduler such as scx_bpfland); or set KTSTR_SCHED_DIR to a directory that has it, or pass a path"
     )]
     NoScheduler {
         name: String,
@@ -424,6 +424,79 @@ impl Cache {
             })
             .collect();
         out.sort();
+        Ok(out)
+    }
+
+    /// Where schedulers built with cargo live: they are CO-RE binaries,
+    /// one build for every kernel (`<root>/crate-schedulers/NAME/VERSION/NAME`).
+    pub fn crate_schedulers_dir(&self) -> PathBuf {
+        self.root.join("crate-schedulers")
+    }
+
+    /// Install a cargo-built scheduler as `name` `version` (atomic).
+    pub fn install_crate_scheduler(
+        &self,
+        name: &str,
+        version: &str,
+        binary: &Path,
+    ) -> Result<PathBuf> {
+        validate_name(name)?;
+        validate_name(version)?;
+        let dir = self.crate_schedulers_dir().join(name).join(version);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        fs::copy(binary, &tmp).map_err(io(binary))?;
+        make_writable(&tmp)?;
+        let dest = dir.join(name);
+        fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        Ok(dest)
+    }
+
+    /// A cargo-built scheduler: `version`, or the newest cached.
+    pub fn crate_scheduler(&self, name: &str, version: Option<&str>) -> Option<PathBuf> {
+        validate_name(name).ok()?;
+        let dir = self.crate_schedulers_dir().join(name);
+        if let Some(v) = version {
+            validate_name(v).ok()?;
+            let p = dir.join(v).join(name);
+            return p.is_file().then_some(p);
+        }
+        let mut versions: Vec<String> = fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|v| validate_name(v).is_ok() && dir.join(v).join(name).is_file())
+            .collect();
+        versions.sort_by(|a, b| version_cmp(b, a));
+        versions.first().map(|v| dir.join(v).join(name))
+    }
+
+    /// Every cargo-built scheduler: (name, version, path), sorted.
+    pub fn list_crate_schedulers(&self) -> Result<Vec<(String, String, PathBuf)>> {
+        let root = self.crate_schedulers_dir();
+        let names = match fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&root)(e)),
+        };
+        let mut out = Vec::new();
+        for n in names.filter_map(|e| e.ok()) {
+            let name = n.file_name().to_string_lossy().into_owned();
+            if validate_name(&name).is_err() {
+                continue;
+            }
+            let Ok(vs) = fs::read_dir(n.path()) else {
+                continue;
+            };
+            for v in vs.filter_map(|e| e.ok()) {
+                let version = v.file_name().to_string_lossy().into_owned();
+                let bin = v.path().join(&name);
+                if validate_name(&version).is_ok() && bin.is_file() {
+                    out.push((name.clone(), version, bin));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| version_cmp(&a.1, &b.1)));
         Ok(out)
     }
 

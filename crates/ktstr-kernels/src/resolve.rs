@@ -110,13 +110,33 @@ pub fn resolve_scheduler(
     if let Some(d) = sched_dir_env.filter(|d| !d.is_empty()) {
         candidates.push(Path::new(d).join(name));
     }
-    candidates.push(cache.schedulers_dir(kernel).join(name));
+    let (base, version) = match name.split_once('@') {
+        Some((b, v)) => (b, Some(v)),
+        None => (name, None),
+    };
+    if version.is_none() {
+        candidates.push(cache.schedulers_dir(kernel).join(name));
+    }
     for c in candidates {
         if c.is_file() {
             return Ok(c);
         }
         looked.push(c.display().to_string());
     }
+    // Built with `ktstr sched build --crate` (one CO-RE build for every
+    // kernel), `name` or `name@version`.
+    if let Some(p) = cache.crate_scheduler(base, version) {
+        return Ok(p);
+    }
+    looked.push(
+        cache
+            .crate_schedulers_dir()
+            .join(base)
+            .join(version.unwrap_or("*"))
+            .join(base)
+            .display()
+            .to_string(),
+    );
     Err(CacheError::NoScheduler {
         name: name.to_string(),
         kernel: kernel.to_string(),
@@ -231,6 +251,42 @@ mod tests {
         assert_eq!(
             KernelRequest::parse("7.2"),
             KernelRequest::Name("7.2".into())
+        );
+    }
+
+    #[test]
+    fn cargo_built_schedulers_resolve_by_name_and_version() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::at(t.path().join("cache"));
+        let bin = t.path().join("scx_bpfland");
+        fs::write(&bin, b"\x7fELF").unwrap();
+        let old = cache
+            .install_crate_scheduler("scx_bpfland", "1.1.3", &bin)
+            .unwrap();
+        let new = cache
+            .install_crate_scheduler("scx_bpfland", "1.1.10", &bin)
+            .unwrap();
+        // Newest by version, not by string order.
+        assert_eq!(
+            resolve_scheduler("scx_bpfland", "7.2", None, &cache).unwrap(),
+            new
+        );
+        assert_eq!(
+            resolve_scheduler("scx_bpfland@1.1.3", "6.12", None, &cache).unwrap(),
+            old
+        );
+        let err = resolve_scheduler("scx_bpfland@9.9", "7.2", None, &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--crate") && err.contains("9.9"), "{err}");
+        assert!(resolve_scheduler("../x@1", "7.2", None, &cache).is_err());
+        let listed = cache.list_crate_schedulers().unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|(n, v, _)| format!("{n}@{v}"))
+                .collect::<Vec<_>>(),
+            ["scx_bpfland@1.1.3", "scx_bpfland@1.1.10"]
         );
     }
 }

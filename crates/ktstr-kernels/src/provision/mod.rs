@@ -2,12 +2,14 @@
 //! Debian's `linux-source-*` packages into the cache.
 //!
 //! Submodules: [`apt`] (private apt state for other suites), [`tools`] (build prerequisites),
-//! [`kernel`] (`ktstr kernel build`), [`sched`] (`ktstr sched build`).
+//! [`kernel`] (`ktstr kernel build`), [`sched`] (`ktstr sched build`),
+//! [`cargo_sched`] (`ktstr sched build --crate/--workspace`).
 //! Long steps run with their output in a log file and a spinner on a
 //! terminal; a failure names the log and prints its tail. The config
 //! fragment and its verification live in [`crate::kconfig`].
 
 pub mod apt;
+pub mod cargo_sched;
 pub mod kernel;
 pub mod sched;
 pub mod toolchain;

@@ -202,7 +202,14 @@ pub fn run_defs_with(
     for (d, h) in handles {
         let reports = h.stop_and_collect();
         a = a.merge(crate::assert::not_starved(&reports));
-        if matches!(d.work_type, WorkType::SpinWait) && reports.len() > 1 {
+        // Under a quota, CFS bandwidth hands runtime out in per-CPU slices
+        // (5 ms), so the split among a capped cgroup's workers is lumpy by
+        // design (measured 18-27 % over 500 ms each); the quota check
+        // judges such a cgroup instead.
+        if matches!(d.work_type, WorkType::SpinWait)
+            && reports.len() > 1
+            && d.cpu.quota_cpus().is_none()
+        {
             a = a.merge(crate::assert::fairness(&reports, t.fairness_spread));
         }
         if let Some(c) = &d.cpuset {
