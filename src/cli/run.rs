@@ -307,10 +307,14 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
                 "passed": failures.is_empty(),
                 "failures": failures,
                 "dump": vr.failure_dump,
+                "attach_time_ms": vr.attach_time.map(|t| t.as_millis() as u64),
                 "scheduler_log": ktstr_wire::sched_diag::relevant_lines(&vr.sched_log),
             }))?
         );
     } else {
+        if let Some(t) = vr.attach_time {
+            println!("scheduler attached in {:.1}s", t.as_secs_f64());
+        }
         if let Some(r) = &report {
             print_report(r);
         }
