@@ -220,10 +220,8 @@ impl Cache {
     /// Cached kernels, newest version first.
     pub fn list_kernels(&self) -> Result<Vec<KernelManifest>> {
         let dir = self.kernels_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&dir)(e)),
+        let Some(entries) = read_dir_if_present(&dir)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in entries {
@@ -408,10 +406,8 @@ impl Cache {
     /// Scheduler binaries cached for a kernel, sorted by name.
     pub fn list_schedulers(&self, kernel: &str) -> Result<Vec<PathBuf>> {
         let dir = self.schedulers_dir(kernel);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&dir)(e)),
+        let Some(entries) = read_dir_if_present(&dir)? else {
+            return Ok(Vec::new());
         };
         let mut out: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
@@ -474,10 +470,8 @@ impl Cache {
     /// Every cargo-built scheduler: (name, version, path), sorted.
     pub fn list_crate_schedulers(&self) -> Result<Vec<(String, String, PathBuf)>> {
         let root = self.crate_schedulers_dir();
-        let names = match fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&root)(e)),
+        let Some(names) = read_dir_if_present(&root)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for n in names.filter_map(|e| e.ok()) {
@@ -503,10 +497,8 @@ impl Cache {
     /// Kernel names that have a schedulers directory.
     pub fn scheduler_kernels(&self) -> Result<Vec<String>> {
         let dir = self.root.join("schedulers");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&dir)(e)),
+        let Some(entries) = read_dir_if_present(&dir)? else {
+            return Ok(Vec::new());
         };
         let mut out: Vec<String> = entries
             .filter_map(|e| e.ok())
@@ -516,6 +508,15 @@ impl Cache {
             .collect();
         out.sort_by(|a, b| version_cmp(b, a));
         Ok(out)
+    }
+}
+
+/// A directory's entries, or `None` when it does not exist (yet).
+fn read_dir_if_present(dir: &Path) -> Result<Option<fs::ReadDir>> {
+    match fs::read_dir(dir) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(dir)(e)),
     }
 }
 
