@@ -393,14 +393,7 @@ impl Cache {
     pub fn install_scheduler(&self, kernel: &str, name: &str, binary: &Path) -> Result<PathBuf> {
         validate_name(kernel)?;
         validate_name(name)?;
-        let dir = self.schedulers_dir(kernel);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        fs::copy(binary, &tmp).map_err(io(binary))?;
-        make_writable(&tmp)?;
-        let dest = dir.join(name);
-        fs::rename(&tmp, &dest).map_err(io(&dest))?;
-        Ok(dest)
+        install_binary(&self.schedulers_dir(kernel), name, binary)
     }
 
     /// Scheduler binaries cached for a kernel, sorted by name.
@@ -438,14 +431,11 @@ impl Cache {
     ) -> Result<PathBuf> {
         validate_name(name)?;
         validate_name(version)?;
-        let dir = self.crate_schedulers_dir().join(name).join(version);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        fs::copy(binary, &tmp).map_err(io(binary))?;
-        make_writable(&tmp)?;
-        let dest = dir.join(name);
-        fs::rename(&tmp, &dest).map_err(io(&dest))?;
-        Ok(dest)
+        install_binary(
+            &self.crate_schedulers_dir().join(name).join(version),
+            name,
+            binary,
+        )
     }
 
     /// A cargo-built scheduler: `version`, or the newest cached.
@@ -509,6 +499,18 @@ impl Cache {
         out.sort_by(|a, b| version_cmp(b, a));
         Ok(out)
     }
+}
+
+/// Copy `binary` to `dir/name` atomically (a hidden temporary, then a
+/// rename), writable so a later install can replace it.
+fn install_binary(dir: &Path, name: &str, binary: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    fs::copy(binary, &tmp).map_err(io(binary))?;
+    make_writable(&tmp)?;
+    let dest = dir.join(name);
+    fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    Ok(dest)
 }
 
 /// A directory's entries, or `None` when it does not exist (yet).

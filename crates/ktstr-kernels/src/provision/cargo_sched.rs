@@ -88,7 +88,7 @@ pub fn build(cache: &Cache, what: &CargoScheduler, jobs: usize) -> Result<PathBu
     fs::create_dir_all(&bin).map_err(|e| ProvisionError::io(&bin, e))?;
     let link = bin.join("clang");
     if fs::symlink_metadata(&link).is_err() {
-        let target = which(BPF_CLANG.probe).ok_or_else(|| {
+        let target = tools::find_on_path(BPF_CLANG.probe).ok_or_else(|| {
             ProvisionError::Failed(format!(
                 "{} is not on PATH after installing it",
                 BPF_CLANG.probe
@@ -183,14 +183,6 @@ fn parse_crates2(text: &str, name: &str) -> Option<String> {
             .then(|| it.next().map(str::to_string))
             .flatten()
     })
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(cmd))
-        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

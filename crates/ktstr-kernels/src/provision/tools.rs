@@ -131,12 +131,15 @@ pub const QEMU_TOOLS: &[Tool] = &[Tool {
 
 /// Is a command on PATH?
 pub fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| {
-            let p = d.join(cmd);
-            p.is_file()
-        })
-    })
+    find_on_path(cmd).is_some()
+}
+
+/// Where a command is on PATH (the first match).
+pub fn find_on_path(cmd: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
 }
 
 fn present(t: &Tool) -> bool {
