@@ -38,6 +38,21 @@ pub enum KernelCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Fetch a Debian kernel package (through a private apt state; the
+    /// system's apt setup is untouched) and install it into the cache:
+    /// SPEC is `debian[:VERSION][:FLAVOR]`, e.g. `debian` (the newest),
+    /// `debian:7.2`, `debian:7.2:rt-amd64` [flavor default: cloud-amd64].
+    /// Suites are tried in order: this machine's, its backports, sid. Its
+    /// types come from the image's own .BTF (the payload is decompressed
+    /// into vmlinux); its symbols are captured by booting it once
+    /// (/proc/kallsyms, stored as System.map), so introspection and vmcore
+    /// analysis work as on a kernel built here. Cached as e.g.
+    /// `debian-7.2-cloud`; `--kernel debian:7.2` finds it (and fetches it
+    /// when it is missing).
+    Fetch {
+        /// `debian[:VERSION][:FLAVOR]`.
+        spec: String,
+    },
     /// List cached kernels, newest (the default) first.
     List {
         /// Print JSON manifests.
@@ -68,6 +83,10 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
             }
             opts.keep_debug = *keep_debug;
             let m = kernel::build(&cache, &opts)?;
+            println!("{}", cache.kernel_dir(&m.name).display());
+        }
+        KernelCmd::Fetch { spec } => {
+            let m = fetch(&cache, spec)?;
             println!("{}", cache.kernel_dir(&m.name).display());
         }
         KernelCmd::Import { dir, name } => {
@@ -114,4 +133,52 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fetch a Debian kernel (`debian[:VERSION][:FLAVOR]`), capture its
+/// symbols by booting it once, and install it into the cache.
+pub fn fetch(
+    cache: &ktstr_kernels::Cache,
+    spec: &str,
+) -> anyhow::Result<ktstr_kernels::KernelManifest> {
+    use anyhow::Context;
+    let parsed = ktstr_kernels::distro::DebianSpec::parse(spec)
+        .ok_or_else(|| {
+            anyhow::anyhow!("{spec}: ktstr fetches Debian kernels: `debian[:VERSION][:FLAVOR]`")
+        })?
+        .map_err(anyhow::Error::msg)?;
+    let log = kernel::log_path(cache, &format!("fetch-{}", spec.replace(':', "-")));
+    let t0 = std::time::Instant::now();
+    eprintln!("ktstr: fetching {spec} (log: {})", log.display());
+    let staged = ktstr_kernels::provision::debian::fetch(cache, &parsed, &log)?;
+    let t_fetch = t0.elapsed();
+    eprintln!(
+        "ktstr: {} staged in {:.1} s; booting it once to capture its symbols",
+        staged.source,
+        t_fetch.as_secs_f64()
+    );
+    let engine = ktstr_vmm::engine::select()?;
+    ktstr_test::host::env::check_engine(&engine)?;
+    let env = ktstr_test::host::env::VmEnv {
+        cache: cache.clone(),
+        kernel: ktstr_kernels::KernelArtifacts {
+            name: staged.name.clone(),
+            bzimage: staged.dir.join("bzImage"),
+            vmlinux: staged.dir.join("vmlinux"),
+            config: Some(staged.dir.join("config")),
+        },
+    };
+    let (map, n) = ktstr_test::host::kallsyms::capture(&env, &env.kernel.vmlinux)
+        .with_context(|| format!("capturing the symbols of {}", staged.source))?;
+    let sm = staged.dir.join("System.map");
+    std::fs::write(&sm, map).with_context(|| sm.display().to_string())?;
+    let m = cache.import_kernel(&staged.dir, Some(&staged.name))?;
+    let _ = std::fs::remove_dir_all(&staged.dir);
+    eprintln!(
+        "ktstr: installed {} ({}, {n} symbols) in {:.1} s",
+        m.name,
+        m.version,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(m)
 }

@@ -160,6 +160,10 @@ fn ensure_kernel(cache: &Cache, requested: Option<&str>) -> anyhow::Result<Kerne
         Err(CacheError::UnknownKernel { name, .. }) if is_version_name(&name) => {
             build_kernel(cache, &name)
         }
+        Err(CacheError::NotFetched { request, .. }) => {
+            let m = super::kernel::fetch(cache, &request)?;
+            Ok(cache.kernel(&m.name)?)
+        }
         Err(e) => Err(anyhow::Error::new(e).context(format!("{from}={value}"))),
     }
 }

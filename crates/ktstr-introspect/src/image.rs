@@ -1,5 +1,7 @@
 //! A kernel image: symbols from the vmlinux `.symtab` and types from its
 //! `.BTF` section (or a raw BTF file such as `/sys/kernel/btf/vmlinux`).
+//! A vmlinux stripped of `.symtab` (what a distribution's bzImage
+//! decompresses to) takes its symbols from a `System.map` beside it.
 
 use crate::btf::{Btf, BtfError};
 use crate::symbols::Symbols;
@@ -35,7 +37,9 @@ pub struct KernelImage {
 
 impl KernelImage {
     /// Open a vmlinux ELF (memory-mapped; only `.symtab`/`.strtab`/`.BTF`
-    /// are read).
+    /// are read). Without `.symtab`, the symbols come from `System.map` in
+    /// the same directory (a link-time listing, e.g. captured from
+    /// `/proc/kallsyms`).
     pub fn open(path: &Path) -> Result<Self, ImageError> {
         let io = |source| ImageError::Io {
             path: path.display().to_string(),
@@ -47,11 +51,35 @@ impl KernelImage {
         // the file by another process could fault, which is the accepted
         // risk of mapping any file.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Self::from_elf_bytes(&map)
+        match Self::from_elf_bytes(&map) {
+            Err(ImageError::MissingSection(".symtab")) => {
+                let sm = path.with_file_name("System.map");
+                let text = match std::fs::read_to_string(&sm) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(ImageError::MissingSection(".symtab"));
+                    }
+                    Err(source) => {
+                        return Err(ImageError::Io {
+                            path: sm.display().to_string(),
+                            source,
+                        });
+                    }
+                };
+                Self::from_elf_bytes_with(&map, Some(Symbols::from_system_map(&text)))
+            }
+            r => r,
+        }
     }
 
     /// Parse a vmlinux ELF held in memory.
     pub fn from_elf_bytes(data: &[u8]) -> Result<Self, ImageError> {
+        Self::from_elf_bytes_with(data, None)
+    }
+
+    /// Parse a vmlinux ELF, with its symbols from elsewhere when `symbols`
+    /// is given (then `.symtab` is not required).
+    pub fn from_elf_bytes_with(data: &[u8], symbols: Option<Symbols>) -> Result<Self, ImageError> {
         let elf = goblin::elf::Elf::parse(data).map_err(|e| ImageError::Elf(e.to_string()))?;
         let mut btf_bytes = None;
         let mut has_symtab = false;
@@ -69,18 +97,23 @@ impl KernelImage {
                 _ => {}
             }
         }
-        if !has_symtab {
+        if !has_symtab && symbols.is_none() {
             return Err(ImageError::MissingSection(".symtab"));
         }
         let btf = Btf::from_bytes(btf_bytes.ok_or(ImageError::MissingSection(".BTF"))?)?;
-        let symbols = Symbols::from_elf(&elf);
+        let symbols = symbols.unwrap_or_else(|| Symbols::from_elf(&elf));
         let banner = symbols.get("linux_banner").and_then(|s| {
             let off = elf.program_headers.iter().find_map(|ph| {
                 let rel = s.addr.checked_sub(ph.p_vaddr)?;
                 (ph.p_type == goblin::elf::program_header::PT_LOAD && rel < ph.p_filesz)
                     .then_some(ph.p_offset + rel)
             })? as usize;
-            let len = (s.size as usize).clamp(1, 512);
+            // A System.map symbol has no size: read to the NUL, at most 512.
+            let len = if s.size == 0 {
+                512
+            } else {
+                (s.size as usize).clamp(1, 512)
+            };
             let b = data.get(off..off.checked_add(len)?)?;
             let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
             Some(b[..end].to_vec())

@@ -54,13 +54,19 @@ pub fn check_bzimage(path: &Path) -> Result<(), ArtifactError> {
 /// Sections a usable vmlinux must have.
 pub const VMLINUX_SECTIONS: [&str; 3] = [".symtab", ".strtab", ".BTF"];
 
-/// A vmlinux must be an x86-64 ELF with `.symtab`, `.strtab` and `.BTF`.
+/// A vmlinux must be an x86-64 ELF with `.BTF`, and with `.symtab` and
+/// `.strtab` unless a real `System.map` sits beside it.
 pub fn check_vmlinux(path: &Path) -> Result<(), ArtifactError> {
     let data = fs::read(path).map_err(io(path))?;
-    let missing = missing_sections(&data).map_err(|detail| ArtifactError::NotElf {
+    let mut missing = missing_sections(&data).map_err(|detail| ArtifactError::NotElf {
         path: path.to_path_buf(),
         detail,
     })?;
+    // A stripped image (a distribution kernel's) may take its symbols from
+    // a System.map beside it, but not from a stub such as Debian ships.
+    if missing.iter().all(|s| *s != ".BTF") && has_system_map(&path.with_file_name("System.map")) {
+        missing.clear();
+    }
     if missing.is_empty() {
         Ok(())
     } else {
@@ -69,6 +75,32 @@ pub fn check_vmlinux(path: &Path) -> Result<(), ArtifactError> {
             missing,
         })
     }
+}
+
+/// Fewer symbols than this and a `System.map` is a stub (Debian's says
+/// "The real System.map is in the ...-dbg package").
+pub const MIN_SYSTEM_MAP_SYMBOLS: usize = 1000;
+
+/// Does `path` hold a real `System.map` (at least
+/// [`MIN_SYSTEM_MAP_SYMBOLS`] `ADDR TYPE NAME` lines)?
+pub fn has_system_map(path: &Path) -> bool {
+    use std::io::BufRead;
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| {
+            let mut it = l.split_whitespace();
+            matches!(
+                (it.next(), it.next(), it.next()),
+                (Some(a), Some(t), Some(_)) if t.len() == 1 && u64::from_str_radix(a, 16).is_ok()
+            )
+        })
+        .take(MIN_SYSTEM_MAP_SYMBOLS)
+        .count()
+        >= MIN_SYSTEM_MAP_SYMBOLS
 }
 
 /// Which of [`VMLINUX_SECTIONS`] an ELF image lacks (Err: not an x86-64 ELF).

@@ -60,6 +60,12 @@ pub enum CacheError {
         kernel: String,
         looked: String,
     },
+    #[error(
+        "kernel `{request}` is not in the cache at {cache}. Fetch it: `ktstr kernel fetch {request}` (`ktstr run --kernel {request}` fetches it by itself)"
+    )]
+    NotFetched { request: String, cache: PathBuf },
+    #[error("kernel `{0}`")]
+    BadRequest(String),
     #[error("invalid kernel artifacts in {}: {source}", dir.display())]
     Invalid {
         dir: PathBuf,
@@ -383,6 +389,13 @@ impl Cache {
             ] {
                 let dst = tmp.join(to);
                 fs::copy(from, &dst).map_err(io(from))?;
+                make_writable(&dst)?;
+            }
+            // Symbols of a stripped (distribution) vmlinux.
+            let map = dir.join("System.map");
+            if crate::artifact::has_system_map(&map) {
+                let dst = tmp.join("System.map");
+                fs::copy(&map, &dst).map_err(io(&map))?;
                 make_writable(&dst)?;
             }
             Ok(())

@@ -8,11 +8,15 @@
 //!
 //! Modules: [`cache`] (layout, manifests, atomic installs), [`resolve`]
 //! (`KTSTR_KERNEL` / requests / defaults), [`artifact`] (what a bzImage and
-//! a vmlinux must be), [`kconfig`] (the fragment and its verification),
+//! a vmlinux must be), [`bzimage`] (the vmlinux ELF inside a compressed
+//! image), [`distro`] (`debian:7.2` requests and their cache names),
+//! [`kconfig`] (the fragment and its verification),
 //! [`provision`] (builds).
 
 pub mod artifact;
+pub mod bzimage;
 pub mod cache;
+pub mod distro;
 pub mod kconfig;
 #[cfg(feature = "provision")]
 pub mod provision;

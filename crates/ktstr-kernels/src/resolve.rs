@@ -69,6 +69,16 @@ pub fn kernel_from_path(value: &str, p: &Path) -> Result<KernelArtifacts> {
 /// A kernel named by `KTSTR_KERNEL`, `--kernel` or a test's `kernel`
 /// attribute: a path, or the name of a cached kernel.
 pub fn kernel_from_request(value: &str, cache: &Cache) -> Result<KernelArtifacts> {
+    if let Some(spec) = crate::distro::DebianSpec::parse(value) {
+        let spec = spec.map_err(CacheError::BadRequest)?;
+        return match spec.cached_name(cache)? {
+            Some(name) => cache.kernel(&name),
+            None => Err(CacheError::NotFetched {
+                request: value.to_string(),
+                cache: cache.root().to_path_buf(),
+            }),
+        };
+    }
     match KernelRequest::parse(value) {
         KernelRequest::Path(p) => kernel_from_path(value, &p),
         KernelRequest::Name(n) => {
@@ -116,6 +126,14 @@ pub fn resolve_scheduler(
     };
     if version.is_none() {
         candidates.push(cache.schedulers_dir(kernel).join(name));
+        // A kernel of the same series (a Debian 7.2 beside our 7.2): the
+        // schedulers are CO-RE, built against that series' headers.
+        if let Ok(m) = cache.manifest(kernel) {
+            let series = crate::distro::series(&m.version);
+            if series != kernel && validate_name(&series).is_ok() {
+                candidates.push(cache.schedulers_dir(&series).join(name));
+            }
+        }
     }
     for c in candidates {
         if c.is_file() {
@@ -142,6 +160,14 @@ pub fn resolve_scheduler(
         kernel: kernel.to_string(),
         looked: looked.join(", "),
     })
+}
+
+/// Where a command is on PATH (the first match).
+pub fn find_on_path(cmd: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -82,8 +82,39 @@ impl PrivateApt {
         })
     }
 
+    /// Package names starting with `prefix` in the suite's lists
+    /// (`apt-cache pkgnames`; call [`PrivateApt::update`] first).
+    pub fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut c = self.apt_tool("apt-cache", "pkgnames");
+        c.arg(prefix);
+        let out = c
+            .output()
+            .map_err(|e| ProvisionError::Failed(format!("apt-cache pkgnames: {e}")))?;
+        if !out.status.success() {
+            return Err(ProvisionError::Failed(format!(
+                "apt-cache pkgnames {prefix} ({}): {}",
+                self.suite,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    /// The suite this state fetches from.
+    pub fn suite(&self) -> &str {
+        &self.suite
+    }
+
     fn apt(&self, verb: &str) -> Command {
-        let mut c = Command::new("apt-get");
+        self.apt_tool("apt-get", verb)
+    }
+
+    fn apt_tool(&self, tool: &str, verb: &str) -> Command {
+        let mut c = Command::new(tool);
         let d = |s: &str| self.dir.join(s).display().to_string();
         c.args(["-q", "-o"])
             .arg(format!("Dir::Etc::SourceList={}", d("sources.list")))

@@ -3,13 +3,15 @@
 //!
 //! Submodules: [`apt`] (private apt state for other suites), [`tools`] (build prerequisites),
 //! [`kernel`] (`ktstr kernel build`), [`sched`] (`ktstr sched build`),
-//! [`cargo_sched`] (`ktstr sched build --crate/--workspace`).
+//! [`cargo_sched`] (`ktstr sched build --crate/--workspace`), [`debian`]
+//! (`ktstr kernel fetch debian:...`).
 //! Long steps run with their output in a log file and a spinner on a
 //! terminal; a failure names the log and prints its tail. The config
 //! fragment and its verification live in [`crate::kconfig`].
 
 pub mod apt;
 pub mod cargo_sched;
+pub mod debian;
 pub mod kernel;
 pub mod sched;
 pub mod toolchain;

@@ -134,13 +134,7 @@ pub fn on_path(cmd: &str) -> bool {
     find_on_path(cmd).is_some()
 }
 
-/// Where a command is on PATH (the first match).
-pub fn find_on_path(cmd: &str) -> Option<std::path::PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
-}
+pub use crate::resolve::find_on_path;
 
 fn present(t: &Tool) -> bool {
     if t.probe.starts_with('/') {

@@ -5,7 +5,8 @@
 //! [`env`] (kernel + engine, or why not), [`initramfs`] and [`libs`] (what
 //! the guest boots), [`session`] (the protocol), [`runner`] (one run end
 //! to end), [`cold`] (kernel ops), [`failure`] + [`dump`] +
-//! [`vmcore_dump`] (failure capture).
+//! [`vmcore_dump`] (failure capture), [`kallsyms`] (symbols of a kernel
+//! shipped without them).
 
 pub mod cache_gc;
 pub mod cold;
@@ -14,6 +15,7 @@ pub mod env;
 pub mod error;
 pub mod failure;
 pub mod initramfs;
+pub mod kallsyms;
 pub mod libs;
 pub mod runner;
 pub mod session;
