@@ -28,10 +28,14 @@ pub enum KernelCmd {
         #[arg(long)]
         keep_debug: bool,
     },
-    /// Adopt prebuilt artifacts (bzImage, vmlinux, config) from a directory
-    /// such as ../shared/kernels/7.2 after validating them.
+    /// Adopt a kernel: prebuilt artifacts (bzImage, vmlinux, config) from a
+    /// directory such as ../shared/kernels/7.2, validated; or a
+    /// distribution's kernel — a .deb, an .rpm (Fedora, openSUSE), or a
+    /// directory with vmlinuz + config — whose vmlinux is decompressed from
+    /// the image and whose symbols are captured by booting it once (as
+    /// `kernel fetch` does).
     Import {
-        /// Directory holding bzImage, vmlinux and config.
+        /// Kernel directory, .deb or .rpm.
         dir: PathBuf,
         /// Name in the cache [default: the directory's name, or the
         /// major.minor version from the config].
@@ -58,6 +62,16 @@ pub enum KernelCmd {
         /// Print JSON manifests.
         #[arg(long)]
         json: bool,
+    },
+    /// Remove cached kernels: the one named, or all but the `--keep N`
+    /// most recently installed. Schedulers and other caches are kept.
+    Clean {
+        /// Remove this kernel.
+        name: Option<String>,
+        /// Keep the N most recently built, fetched or imported kernels and
+        /// remove the rest.
+        #[arg(long, value_name = "N", conflicts_with = "name")]
+        keep: Option<usize>,
     },
     /// Print the directory of a cached kernel (default: the one tests use,
     /// honouring KTSTR_KERNEL).
@@ -90,7 +104,18 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
             println!("{}", cache.kernel_dir(&m.name).display());
         }
         KernelCmd::Import { dir, name } => {
-            let m = cache.import_kernel(dir, name.as_deref())?;
+            let m = if dir.is_dir() && dir.join("vmlinux").is_file() {
+                cache.import_kernel(dir, name.as_deref())?
+            } else {
+                let log = kernel::log_path(&cache, "import");
+                let staged = ktstr_kernels::provision::debian::stage_package(
+                    &cache,
+                    dir,
+                    name.as_deref(),
+                    &log,
+                )?;
+                install_staged(&cache, staged, std::time::Instant::now())?
+            };
             println!(
                 "imported {} ({}) into {}",
                 m.name,
@@ -108,16 +133,60 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
                     cache.root().display()
                 );
             } else {
-                for (i, m) in all.iter().enumerate() {
+                let w = all.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
+                let has: Vec<String> = all
+                    .iter()
+                    .map(|m| {
+                        let cfg = std::fs::read_to_string(cache.kernel_dir(&m.name).join("config"))
+                            .unwrap_or_default();
+                        let (caps, nr) = ktstr_kernels::kconfig::capabilities(&cfg);
+                        let mut h: Vec<String> = caps
+                            .iter()
+                            .map(|(l, on)| if *on { l.to_string() } else { format!("-{l}") })
+                            .collect();
+                        if let Some(n) = nr {
+                            h.push(format!("nr_cpus={n}"));
+                        }
+                        h.join(" ")
+                    })
+                    .collect();
+                let hw = has.iter().map(String::len).max().unwrap_or(3).max(13);
+                println!(
+                    "{:<w$} {:<10} {:<8} {:>8}  {:<hw$}  SOURCE",
+                    "NAME", "VERSION", "ORIGIN", "BZIMAGE", "HAS (-: lacks)"
+                );
+                for (i, (m, h)) in all.iter().zip(&has).enumerate() {
                     println!(
-                        "{:<8} {:<12} {:>6.1} MiB bzImage  {}{}",
+                        "{:<w$} {:<10} {:<8} {:>4.1} MiB  {:<hw$}  {}{}",
                         m.name,
                         m.version,
+                        ktstr_kernels::Cache::origin(m),
                         m.sizes.bzimage as f64 / 1048576.0,
+                        h,
                         m.source,
                         if i == 0 { "  (default)" } else { "" }
                     );
                 }
+            }
+        }
+        KernelCmd::Clean { name, keep } => {
+            let doomed: Vec<String> = match (name, keep) {
+                (Some(n), _) => vec![n.clone()],
+                (None, Some(k)) => {
+                    let mut all = cache.list_kernels()?;
+                    all.sort_by_key(|m| std::cmp::Reverse(m.built_at_unix));
+                    all.into_iter().skip(*k).map(|m| m.name).collect()
+                }
+                (None, None) => anyhow::bail!(
+                    "name a kernel to remove, or pass --keep N to keep the N newest (`ktstr kernel list`)"
+                ),
+            };
+            for n in &doomed {
+                cache.remove_kernel(n)?;
+                println!("removed {n}");
+            }
+            if doomed.is_empty() {
+                println!("nothing to remove");
             }
         }
         KernelCmd::Path { name } => {
@@ -141,7 +210,6 @@ pub fn fetch(
     cache: &ktstr_kernels::Cache,
     spec: &str,
 ) -> anyhow::Result<ktstr_kernels::KernelManifest> {
-    use anyhow::Context;
     let parsed = ktstr_kernels::distro::DebianSpec::parse(spec)
         .ok_or_else(|| {
             anyhow::anyhow!("{spec}: ktstr fetches Debian kernels: `debian[:VERSION][:FLAVOR]`")
@@ -151,14 +219,22 @@ pub fn fetch(
     let t0 = std::time::Instant::now();
     eprintln!("ktstr: fetching {spec} (log: {})", log.display());
     let staged = ktstr_kernels::provision::debian::fetch(cache, &parsed, &log)?;
-    let t_fetch = t0.elapsed();
+    install_staged(cache, staged, t0)
+}
+
+/// Capture a staged kernel's symbols by booting it once, then install it.
+fn install_staged(
+    cache: &ktstr_kernels::Cache,
+    staged: ktstr_kernels::provision::debian::Staged,
+    t0: std::time::Instant,
+) -> anyhow::Result<ktstr_kernels::KernelManifest> {
+    use anyhow::Context;
     eprintln!(
         "ktstr: {} staged in {:.1} s; booting it once to capture its symbols",
         staged.source,
-        t_fetch.as_secs_f64()
+        t0.elapsed().as_secs_f64()
     );
-    let engine = ktstr_vmm::engine::select()?;
-    ktstr_test::host::env::check_engine(&engine)?;
+    super::run::ensure_engine(cache)?;
     let env = ktstr_test::host::env::VmEnv {
         cache: cache.clone(),
         kernel: ktstr_kernels::KernelArtifacts {

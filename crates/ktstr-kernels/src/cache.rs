@@ -285,6 +285,40 @@ impl Cache {
         }
     }
 
+    /// Remove a cached kernel (under its install lock). Its schedulers stay:
+    /// kernels of the same series share them.
+    pub fn remove_kernel(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let _lock = self.lock(&format!("kernel-{name}"))?;
+        let dir = self.kernel_dir(name);
+        if !dir.join("manifest.json").is_file() {
+            return Err(CacheError::UnknownKernel {
+                name: name.to_string(),
+                cache: self.root.clone(),
+                available: self
+                    .list_kernels()?
+                    .into_iter()
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        fs::remove_dir_all(&dir).map_err(io(&dir))
+    }
+
+    /// Where a kernel came from, from its manifest's source: `built`
+    /// (from a linux-source package or tree), `debian` (a fetched
+    /// package) or `imported`.
+    pub fn origin(m: &KernelManifest) -> &'static str {
+        if m.source.starts_with("Debian package") {
+            "debian"
+        } else if m.source.starts_with("imported") {
+            "imported"
+        } else {
+            "built"
+        }
+    }
+
     /// Take the per-name install lock (blocks while another process holds
     /// it). Released when the returned file is dropped.
     pub fn lock(&self, what: &str) -> Result<File> {

@@ -133,6 +133,32 @@ pub fn kernel_version(dot_config: &str) -> Option<String> {
     })
 }
 
+/// Options a scheduler author asks about, with a short label: what real
+/// sched_ext schedulers need (scx_lavd and others refuse to start without
+/// `FUNCTION_TRACER`) and what ktstr's checks use.
+pub const CAPABILITIES: &[(&str, &str)] = &[
+    ("CONFIG_SCHED_CLASS_EXT", "scx"),
+    ("CONFIG_DEBUG_INFO_BTF", "btf"),
+    ("CONFIG_FUNCTION_TRACER", "ftrace"),
+    ("CONFIG_CFS_BANDWIDTH", "cpu.max"),
+    ("CONFIG_MEMCG", "memcg"),
+    ("CONFIG_NUMA", "numa"),
+    ("CONFIG_SCHED_SMT", "smt"),
+    ("CONFIG_PROVE_LOCKING", "lockdep"),
+];
+
+/// Which [`CAPABILITIES`] a `.config` enables: (label, enabled), plus
+/// `NR_CPUS` when set.
+pub fn capabilities(dot_config: &str) -> (Vec<(&'static str, bool)>, Option<u32>) {
+    let v = values(dot_config);
+    let caps = CAPABILITIES
+        .iter()
+        .map(|(opt, label)| (*label, v.get(*opt).is_some_and(|x| x == "y")))
+        .collect();
+    let nr = v.get("CONFIG_NR_CPUS").and_then(|n| n.parse().ok());
+    (caps, nr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +241,16 @@ mod tests {
         if seen == 0 {
             eprintln!("skipped: ../shared/kernels/*/config not present beside the checkout");
         }
+    }
+
+    #[test]
+    fn capabilities_of_a_config() {
+        let (caps, nr) = capabilities(
+            "CONFIG_SCHED_CLASS_EXT=y\n# CONFIG_FUNCTION_TRACER is not set\nCONFIG_NR_CPUS=512\n",
+        );
+        assert!(caps.contains(&("scx", true)));
+        assert!(caps.contains(&("ftrace", false)));
+        assert!(caps.contains(&("btf", false)));
+        assert_eq!(nr, Some(512));
     }
 }

@@ -69,12 +69,22 @@ pub struct PrivateApt {
 impl PrivateApt {
     /// Prepare `dir` for `suite` from `mirror`; nothing is downloaded yet.
     pub fn new(dir: &Path, mirror: &str, suite: &str) -> Result<Self> {
+        Self::with_suites(dir, mirror, &[suite])
+    }
+
+    /// A state over several suites (e.g. `bookworm` + `bookworm-backports`,
+    /// so a backport's dependencies resolve); the first names it.
+    pub fn with_suites(dir: &Path, mirror: &str, suites: &[&str]) -> Result<Self> {
+        let suite = suites.first().copied().unwrap_or("sid");
         for sub in ["lists/partial", "cache/archives/partial", "debs"] {
             let d = dir.join(sub);
             fs::create_dir_all(&d).map_err(|e| ProvisionError::io(&d, e))?;
         }
         let list = dir.join("sources.list");
-        let text = format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n");
+        let text: String = suites
+            .iter()
+            .map(|s| format!("deb [signed-by={KEYRING}] {mirror} {s} main\n"))
+            .collect();
         fs::write(&list, text).map_err(|e| ProvisionError::io(&list, e))?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -144,6 +154,27 @@ impl PrivateApt {
             &format!("apt-get update ({})", self.suite),
         )?;
         fs::write(&stamp, b"").map_err(|e| ProvisionError::io(&stamp, e))
+    }
+
+    /// Install packages on the system from this state's lists (`-t
+    /// target` picks a suite such as a backport); the system's sources are
+    /// not touched. Root only.
+    pub fn install(&self, packages: &[&str], target: Option<&str>, log: &Path) -> Result<()> {
+        let mut c = self.apt("install");
+        c.env("DEBIAN_FRONTEND", "noninteractive").args(["-y"]);
+        if let Some(t) = target {
+            c.args(["-t", t]);
+        }
+        c.args(packages);
+        run_logged(
+            &mut c,
+            log,
+            &format!(
+                "apt-get install {} ({})",
+                packages.join(" "),
+                target.unwrap_or(&self.suite)
+            ),
+        )
     }
 
     /// Download packages into `<dir>/debs` and return their paths.

@@ -170,20 +170,52 @@ pub fn fetch(cache: &Cache, spec: &DebianSpec, log: &Path) -> Result<Staged> {
     let debs = st.download(&refs, log)?;
     let pkg_version = apt::deb_version(&debs[0]).unwrap_or_default();
     let name = spec.cache_name(&series(&version));
-    let stage = cache.work_dir().join("stage").join(&name);
-    if stage.exists() {
-        fs::remove_dir_all(&stage).map_err(|e| ProvisionError::io(&stage, e))?;
-    }
+    let stage = fresh_stage(cache, &name)?;
     let root = stage.join("root");
     for d in &debs {
         apt::unpack(d, &root, log)?;
     }
-    let image = find_one(
-        &root,
-        &["usr/lib/modules", "lib/modules", "boot"],
-        "vmlinuz",
-    )?;
-    let config = find_one(&root, &["usr/lib/modules", "lib/modules", "boot"], "config")?;
+    let source = format!("{pkg} {pkg_version} ({})", st.suite());
+    let cleanup = stage.clone();
+    stage_root(
+        stage,
+        name,
+        &format!("Debian package {source}"),
+        |missing| {
+            if missing.starts_with("CONFIG_SCHED_CLASS_EXT") {
+                "Debian enables sched_ext from 7.x (sid): use `debian:7.2`, or build this \
+             version with `ktstr kernel build`"
+            } else {
+                "ktstr cannot boot it"
+            }
+        },
+    )
+    .inspect_err(|_| {
+        let _ = fs::remove_dir_all(&cleanup);
+    })
+}
+
+fn fresh_stage(cache: &Cache, name: &str) -> Result<PathBuf> {
+    let stage = cache.work_dir().join("stage").join(name);
+    if stage.exists() {
+        fs::remove_dir_all(&stage).map_err(|e| ProvisionError::io(&stage, e))?;
+    }
+    fs::create_dir_all(&stage).map_err(|e| ProvisionError::io(&stage, e))?;
+    Ok(stage)
+}
+
+/// Turn an unpacked package tree at `stage/root` into a stage: find the
+/// image and config, check the config, decompress the vmlinux.
+fn stage_root(
+    stage: PathBuf,
+    name: String,
+    source: &str,
+    advice: impl Fn(&str) -> &'static str,
+) -> Result<Staged> {
+    let root = stage.join("root");
+    let dirs = ["usr/lib/modules", "lib/modules", "boot", "."];
+    let image = find_one(&root, &dirs, "vmlinuz").or_else(|_| find_one(&root, &dirs, "bzImage"))?;
+    let config = find_one(&root, &dirs, "config")?;
     let config_text = fs::read_to_string(&config).map_err(|e| ProvisionError::io(&config, e))?;
     let missing: Vec<String> = REQUIRED
         .iter()
@@ -192,17 +224,12 @@ pub fn fetch(cache: &Cache, spec: &DebianSpec, log: &Path) -> Result<Staged> {
         .collect();
     if !missing.is_empty() {
         return Err(ProvisionError::Failed(format!(
-            "{pkg} {pkg_version} ({}) lacks {}; {}",
-            st.suite(),
+            "{source} lacks {}; {}",
             missing.join(", "),
-            if missing[0].starts_with("CONFIG_SCHED_CLASS_EXT") {
-                "Debian enables sched_ext from 7.x (sid): use `debian:7.2`, or build this \
-                 version with `ktstr kernel build`"
-            } else {
-                "ktstr cannot boot it"
-            }
+            advice(&missing[0])
         )));
     }
+    let version = crate::kconfig::kernel_version(&config_text).unwrap_or_default();
     let bytes = fs::read(&image).map_err(|e| ProvisionError::io(&image, e))?;
     let vmlinux = crate::bzimage::extract_vmlinux(&bytes)
         .map_err(|e| ProvisionError::Failed(format!("{}: {e}", image.display())))?;
@@ -213,11 +240,10 @@ pub fn fetch(cache: &Cache, spec: &DebianSpec, log: &Path) -> Result<Staged> {
     put("bzImage", &bytes)?;
     put("vmlinux", &vmlinux)?;
     put("config", config_text.as_bytes())?;
-    let source = format!("{pkg} {pkg_version} ({})", st.suite());
     put(
         "BUILD.txt",
         format!(
-            "Debian package {source}\nvmlinux: the bzImage payload, decompressed by ktstr (no .symtab; .BTF kept)\nSystem.map: /proc/kallsyms of a boot, at link-time addresses\n"
+            "{source}\nvmlinux: the bzImage payload, decompressed by ktstr (no .symtab; .BTF kept)\nSystem.map: /proc/kallsyms of a boot, at link-time addresses\n"
         )
         .as_bytes(),
     )?;
@@ -226,9 +252,113 @@ pub fn fetch(cache: &Cache, spec: &DebianSpec, log: &Path) -> Result<Staged> {
     Ok(Staged {
         dir: stage,
         name,
-        source,
+        source: source.to_string(),
         version,
     })
+}
+
+/// Stage a kernel a user brings: a `.deb` (`dpkg -x`), an `.rpm`
+/// (`rpm2cpio | cpio`), or a directory holding `vmlinuz` (or a bzImage)
+/// and `config`, e.g. an unpacked package or `/boot` copied aside. The
+/// cache name is `name`, else `imported-<major.minor>`.
+pub fn stage_package(cache: &Cache, path: &Path, name: Option<&str>, log: &Path) -> Result<Staged> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !path.exists() {
+        return Err(ProvisionError::Failed(format!(
+            "{}: no such file or directory",
+            path.display()
+        )));
+    }
+    let tmp_name = format!("import-{}", std::process::id());
+    let stage = fresh_stage(cache, &tmp_name)?;
+    let r = stage_into(cache, path, &file_name, &tmp_name, stage.clone(), name, log);
+    if r.is_err() {
+        let _ = fs::remove_dir_all(&stage);
+    }
+    r
+}
+
+fn stage_into(
+    cache: &Cache,
+    path: &Path,
+    file_name: &str,
+    tmp_name: &str,
+    stage: PathBuf,
+    name: Option<&str>,
+    log: &Path,
+) -> Result<Staged> {
+    let root = stage.join("root");
+    if path.is_dir() {
+        copy_dir_files(path, &root)?;
+    } else if file_name.ends_with(".deb") {
+        apt::unpack(path, &root, log)?;
+    } else if file_name.ends_with(".rpm") {
+        super::tools::ensure(super::tools::RPM_TOOLS, log)?;
+        fs::create_dir_all(&root).map_err(|e| ProvisionError::io(&root, e))?;
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
+            .arg("rpm2cpio \"$1\" | cpio -idm --quiet")
+            .arg("sh")
+            .arg(path)
+            .current_dir(&root);
+        super::run_logged(&mut c, log, &format!("unpack {file_name}"))?;
+    } else {
+        return Err(ProvisionError::Failed(format!(
+            "{}: import takes a kernel directory (bzImage + vmlinux + config, or vmlinuz + config), a .deb or an .rpm",
+            path.display()
+        )));
+    }
+    let deb = file_name.ends_with(".deb");
+    let staged = stage_root(
+        stage,
+        tmp_name.to_string(),
+        &format!("imported from {}", path.display()),
+        |_| "ktstr cannot boot it",
+    )
+    .map_err(|e| match e {
+        ProvisionError::Failed(m) if deb && m.contains("holds no config") => {
+            ProvisionError::Failed(format!(
+                "{m}. Debian 7.x splits a kernel into linux-binary-* (vmlinuz) and linux-base-* \
+                 (config): `dpkg -x` both into one directory and import that, or use \
+                 `ktstr kernel fetch debian:VERSION`"
+            ))
+        }
+        e => e,
+    })?;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => format!("imported-{}", series(&staged.version)),
+    };
+    crate::cache::validate_name(&name)?;
+    let dir = cache.work_dir().join("stage").join(&name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| ProvisionError::io(&dir, e))?;
+    }
+    fs::rename(&staged.dir, &dir).map_err(|e| ProvisionError::io(&dir, e))?;
+    Ok(Staged {
+        dir,
+        name,
+        ..staged
+    })
+}
+
+/// Copy the regular files of `from` (not recursive) into `to`.
+fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).map_err(|e| ProvisionError::io(to, e))?;
+    for e in fs::read_dir(from)
+        .map_err(|e| ProvisionError::io(from, e))?
+        .flatten()
+    {
+        let p = e.path();
+        if p.is_file() {
+            let dst = to.join(e.file_name());
+            fs::copy(&p, &dst).map_err(|e| ProvisionError::io(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The one file named `base` (or `base-*`) under any of `dirs` (searched

@@ -123,11 +123,17 @@ pub const SCHED_TOOLS: &[Tool] = &[
     },
 ];
 
-/// What the qemu engine needs on the host.
-pub const QEMU_TOOLS: &[Tool] = &[Tool {
-    probe: "qemu-system-x86_64",
-    package: "qemu-system-x86",
-}];
+/// What `ktstr kernel import FILE.rpm` needs to unpack an RPM.
+pub const RPM_TOOLS: &[Tool] = &[
+    Tool {
+        probe: "rpm2cpio",
+        package: "rpm2cpio",
+    },
+    Tool {
+        probe: "cpio",
+        package: "cpio",
+    },
+];
 
 /// Is a command on PATH?
 pub fn on_path(cmd: &str) -> bool {
@@ -197,6 +203,44 @@ pub fn ensure(wanted: &[Tool], log: &Path) -> Result<(), ProvisionError> {
             command: install_command(&still),
         })
     }
+}
+
+/// Install QEMU >= 10 (root only): the system's suite when it is newer
+/// than bookworm, else bookworm-backports through a private apt state
+/// (bookworm's own QEMU 7.2 crashes guests under MTTCG when schedulers
+/// load and unload). Not root: the exact command to run.
+pub fn ensure_qemu(cache: &crate::Cache, log: &Path) -> Result<(), ProvisionError> {
+    let code = super::debian::codename();
+    let backports = format!("{code}-backports");
+    let mirror = super::apt::system_mirror();
+    let shown = mirror.as_deref().unwrap_or("<your Debian mirror>");
+    let command = if code == "bookworm" {
+        format!(
+            "echo 'deb {shown} {backports} main' > /etc/apt/sources.list.d/backports.list && \
+             apt-get update && apt-get install -y -t {backports} qemu-system-x86"
+        )
+    } else {
+        "apt-get install -y qemu-system-x86".to_string()
+    };
+    if !is_root() {
+        return Err(ProvisionError::MissingTools {
+            missing: "qemu-system-x86_64 (QEMU >= 10)".into(),
+            command: format!("sudo sh -c \"{command}\""),
+        });
+    }
+    let mirror = mirror.ok_or_else(|| ProvisionError::MissingTools {
+        missing: "qemu-system-x86_64 (QEMU >= 10), and no Debian mirror in the apt sources".into(),
+        command: command.clone(),
+    })?;
+    let dir = cache
+        .work_dir()
+        .join("apt")
+        .join(format!("{code}+backports"));
+    let st =
+        super::apt::PrivateApt::with_suites(&dir, &mirror, &[code.as_str(), backports.as_str()])?;
+    st.update(log)?;
+    let target = (code == "bookworm").then_some(backports.as_str());
+    st.install(&["qemu-system-x86"], target, log)
 }
 
 #[cfg(test)]
