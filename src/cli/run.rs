@@ -179,6 +179,16 @@ fn ensure_kernel(cache: &Cache, requested: Option<&str>) -> anyhow::Result<Kerne
     let Some(value) = value else {
         return match cache.default_kernel()? {
             Some(k) => Ok(k),
+            // Fastest first result: a Debian kernel package (seconds)
+            // rather than a kernel build (~20 minutes on 2 cores).
+            None if ktstr_kernels::provision::apt::system_mirror().is_some() => {
+                eprintln!(
+                    "ktstr: no kernel in {}: fetching Debian's newest (first use; `ktstr kernel build` makes one with ktstr's config)",
+                    cache.root().display()
+                );
+                let m = super::kernel::fetch(cache, "debian")?;
+                Ok(cache.kernel(&m.name)?)
+            }
             None => build_kernel(cache, ktstr_kernels::provision::kernel::DEFAULT_VERSION),
         };
     };

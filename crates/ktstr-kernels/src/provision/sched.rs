@@ -53,18 +53,24 @@ pub fn build(
         log.display()
     );
     tools::ensure(tools::SCHED_TOOLS, &log)?;
+    // A distribution kernel (`debian-7.2-cloud`) takes the schedulers of
+    // its series' source (`linux-source-7.2`), built against its own BTF.
+    let series = match cache.manifest(kernel) {
+        Ok(m) if crate::cache::Cache::origin(&m) != "built" => crate::distro::series(&m.version),
+        _ => kernel.to_string(),
+    };
     let tree = match source {
         Some(s) => s.to_path_buf(),
-        None => fetch_source(cache, kernel, &log)?.0,
+        None => fetch_source(cache, &series, &log)?.0,
     };
     let tv = tree_version(&tree)?;
-    if tv != kernel {
+    if tv != series {
         return Err(ProvisionError::Failed(format!(
             "{} is a {tv} tree, but the schedulers are for kernel {kernel}",
             tree.display()
         )));
     }
-    let clang = clang_for(cache, kernel, &log)?;
+    let clang = clang_for(cache, &series, &log)?;
     let sched_dir = tree.join("tools/sched_ext");
     let mut make = Command::new("make");
     make.arg("-C")
