@@ -120,3 +120,64 @@ fn debian_kernel_fetches_and_runs_scx_simple() {
         "{text}\n{err}"
     );
 }
+
+/// `ktstr kernel import` of a directory holding only `vmlinuz` + `config`
+/// (what a distribution's package or `/boot` holds), offline: the image is
+/// decompressed, its symbols captured, and the kernel listed as imported
+/// with its capabilities, then cleaned away.
+#[test]
+fn kernel_import_of_a_vmlinuz_directory_then_list_and_clean() {
+    let Some(base) = env::vm_env(None) else {
+        return;
+    };
+    let pkg = tempfile::tempdir().unwrap();
+    std::fs::copy(&base.kernel.bzimage, pkg.path().join("vmlinuz")).unwrap();
+    let cfg = base
+        .kernel
+        .config
+        .clone()
+        .expect("the cached kernel has a config");
+    std::fs::copy(&cfg, pkg.path().join("config")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let ktstr = env!("CARGO_BIN_EXE_ktstr");
+    let run = |args: &[&str]| {
+        let o = Command::new(ktstr)
+            .args(args)
+            .env("KTSTR_CACHE_DIR", cache.path())
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(&[
+        "kernel",
+        "import",
+        pkg.path().to_str().unwrap(),
+        "--name",
+        "distro-x",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("symbols"), "{text}");
+    let dir = cache.path().join("kernels/distro-x");
+    assert!(ktstr_kernels::artifact::has_system_map(
+        &dir.join("System.map")
+    ));
+    KernelImage::open(&dir.join("vmlinux")).expect("imported vmlinux opens");
+    let (ok, text) = run(&["kernel", "list"]);
+    assert!(
+        ok && text.contains("distro-x") && text.contains("imported"),
+        "{text}"
+    );
+    assert!(text.contains(" scx ") && text.contains("btf"), "{text}");
+    let (ok, text) = run(&["kernel", "clean", "--keep", "0"]);
+    assert!(ok && text.contains("removed distro-x"), "{text}");
+    assert!(!dir.exists());
+    let (ok, text) = run(&["kernel", "import", "/nonexistent/k.rpm"]);
+    assert!(!ok && text.contains("no such file"), "{text}");
+}
