@@ -100,7 +100,7 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
             println!("{}", cache.kernel_dir(&m.name).display());
         }
         KernelCmd::Fetch { spec } => {
-            let m = fetch(&cache, spec)?;
+            let m = super::provision::fetch(&cache, spec)?;
             println!("{}", cache.kernel_dir(&m.name).display());
         }
         KernelCmd::Import { dir, name } => {
@@ -114,7 +114,7 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
                     name.as_deref(),
                     &log,
                 )?;
-                install_staged(&cache, staged, std::time::Instant::now())?
+                super::provision::install_staged(&cache, staged, std::time::Instant::now())?
             };
             println!(
                 "imported {} ({}) into {}",
@@ -202,59 +202,4 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Fetch a Debian kernel (`debian[:VERSION][:FLAVOR]`), capture its
-/// symbols by booting it once, and install it into the cache.
-pub fn fetch(
-    cache: &ktstr_kernels::Cache,
-    spec: &str,
-) -> anyhow::Result<ktstr_kernels::KernelManifest> {
-    let parsed = ktstr_kernels::distro::DebianSpec::parse(spec)
-        .ok_or_else(|| {
-            anyhow::anyhow!("{spec}: ktstr fetches Debian kernels: `debian[:VERSION][:FLAVOR]`")
-        })?
-        .map_err(anyhow::Error::msg)?;
-    let log = kernel::log_path(cache, &format!("fetch-{}", spec.replace(':', "-")));
-    let t0 = std::time::Instant::now();
-    eprintln!("ktstr: fetching {spec} (log: {})", log.display());
-    let staged = ktstr_kernels::provision::debian::fetch(cache, &parsed, &log)?;
-    install_staged(cache, staged, t0)
-}
-
-/// Capture a staged kernel's symbols by booting it once, then install it.
-fn install_staged(
-    cache: &ktstr_kernels::Cache,
-    staged: ktstr_kernels::provision::debian::Staged,
-    t0: std::time::Instant,
-) -> anyhow::Result<ktstr_kernels::KernelManifest> {
-    use anyhow::Context;
-    eprintln!(
-        "ktstr: {} staged in {:.1} s; booting it once to capture its symbols",
-        staged.source,
-        t0.elapsed().as_secs_f64()
-    );
-    super::run::ensure_engine(cache)?;
-    let env = ktstr_test::host::env::VmEnv {
-        cache: cache.clone(),
-        kernel: ktstr_kernels::KernelArtifacts {
-            name: staged.name.clone(),
-            bzimage: staged.dir.join("bzImage"),
-            vmlinux: staged.dir.join("vmlinux"),
-            config: Some(staged.dir.join("config")),
-        },
-    };
-    let (map, n) = ktstr_test::host::kallsyms::capture(&env, &env.kernel.vmlinux)
-        .with_context(|| format!("capturing the symbols of {}", staged.source))?;
-    let sm = staged.dir.join("System.map");
-    std::fs::write(&sm, map).with_context(|| sm.display().to_string())?;
-    let m = cache.import_kernel(&staged.dir, Some(&staged.name))?;
-    let _ = std::fs::remove_dir_all(&staged.dir);
-    eprintln!(
-        "ktstr: installed {} ({}, {n} symbols) in {:.1} s",
-        m.name,
-        m.version,
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(m)
 }

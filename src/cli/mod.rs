@@ -3,6 +3,7 @@
 mod cache_cmd;
 mod dump;
 mod kernel;
+mod provision;
 mod run;
 mod sched;
 

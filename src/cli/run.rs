@@ -139,33 +139,6 @@ fn build_kernel(cache: &Cache, version: &str) -> anyhow::Result<KernelArtifacts>
     Ok(cache.kernel(&m.name)?)
 }
 
-/// The selected engine runs here; for QEMU that is a QEMU >= 10, which is
-/// installed (as root) when missing or older.
-pub fn ensure_engine(cache: &Cache) -> anyhow::Result<()> {
-    let engine = ktstr_vmm::engine::select()?;
-    if !matches!(engine.kind, ktstr_vmm::EngineKind::Qemu(_)) {
-        return Ok(ktstr_test::host::env::check_engine(&engine)?);
-    }
-    let why = match ktstr_vmm::qemu::qemu_version() {
-        Ok((maj, _)) if maj >= 10 => return Ok(()),
-        Ok((maj, min)) => format!(
-            "QEMU {maj}.{min} is too old (guests crash under MTTCG when schedulers load and unload)"
-        ),
-        Err(e) => e.to_string(),
-    };
-    eprintln!("ktstr: {why}; installing QEMU >= 10");
-    let log = ktstr_kernels::provision::kernel::log_path(cache, "qemu");
-    ktstr_kernels::provision::tools::ensure_qemu(cache, &log)?;
-    match ktstr_vmm::qemu::qemu_version() {
-        Ok((maj, _)) if maj >= 10 => Ok(()),
-        Ok((maj, min)) => anyhow::bail!(
-            "installed QEMU is {maj}.{min}, still older than 10 (log: {})",
-            log.display()
-        ),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// The kernel to boot: `KTSTR_KERNEL` > `--kernel` > the cache's newest >
 /// a build of the default version. A path that does not exist is an error
 /// naming it; only a bare version that is not cached is built.
@@ -186,7 +159,7 @@ fn ensure_kernel(cache: &Cache, requested: Option<&str>) -> anyhow::Result<Kerne
                     "ktstr: no kernel in {}: fetching Debian's newest (first use; `ktstr kernel build` makes one with ktstr's config)",
                     cache.root().display()
                 );
-                let m = super::kernel::fetch(cache, "debian")?;
+                let m = super::provision::fetch(cache, "debian")?;
                 Ok(cache.kernel(&m.name)?)
             }
             None => build_kernel(cache, ktstr_kernels::provision::kernel::DEFAULT_VERSION),
@@ -198,7 +171,7 @@ fn ensure_kernel(cache: &Cache, requested: Option<&str>) -> anyhow::Result<Kerne
             build_kernel(cache, &name)
         }
         Err(CacheError::NotFetched { request, .. }) => {
-            let m = super::kernel::fetch(cache, &request)?;
+            let m = super::provision::fetch(cache, &request)?;
             Ok(cache.kernel(&m.name)?)
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("{from}={value}"))),
@@ -300,7 +273,7 @@ pub fn run_cmd(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
             .join("; ")
     );
     let cache = cache(&cli.cache_dir)?;
-    ensure_engine(&cache)?;
+    super::provision::ensure_engine(&cache)?;
     let kernel = ensure_kernel(&cache, a.kernel.as_deref())?;
     let sched = scheduler(&cache, &kernel, &a.scheduler)?;
     let args = a.scheduler_args()?;

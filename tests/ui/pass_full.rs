@@ -21,6 +21,7 @@ fn check(_r: &VmResult) -> anyhow::Result<()> {
     memory_mb = 512,
     duration_s = 3,
     watchdog_timeout_s = 10,
+    attach_timeout_s = 60,
     post_vm = check,
     expect_err = false,
     vmcore = false,

@@ -34,6 +34,7 @@ const KEYS: &[&str] = &[
     "memory_mb",
     "duration_s",
     "watchdog_timeout_s",
+    "attach_timeout_s",
     "post_vm",
     "expect_err",
     "expect_scx_bpf_error_contains",
@@ -54,6 +55,7 @@ fn min_value(key: &str) -> Option<(u64, &'static str)> {
         )),
         "duration_s" => Some((1, "the scenario duration must be at least 1 s")),
         "watchdog_timeout_s" => Some((1, "the watchdog timeout must be at least 1 s")),
+        "attach_timeout_s" => Some((1, "the attach timeout must be at least 1 s")),
         _ => None,
     }
 }
@@ -70,7 +72,10 @@ fn check_literal(key: &str, v: &Expr) -> syn::Result<()> {
     let Some((min, why)) = min_value(key) else {
         return Ok(());
     };
-    let wide = matches!(key, "duration_s" | "watchdog_timeout_s");
+    let wide = matches!(
+        key,
+        "duration_s" | "watchdog_timeout_s" | "attach_timeout_s"
+    );
     let n: u64 = i
         .base10_parse()
         .map_err(|_| syn::Error::new(i.span(), format!("`{key}` does not fit in a u64")))?;
@@ -222,6 +227,7 @@ fn expand(
             "memory_mb" => fields.push(quote! { memory_mb: #v, }),
             "duration_s" => fields.push(quote! { duration_s: #v, }),
             "watchdog_timeout_s" => fields.push(quote! { watchdog_timeout_s: #v, }),
+            "attach_timeout_s" => fields.push(quote! { attach_timeout_s: #v, }),
             "post_vm" => fields.push(quote! { post_vm: ::core::option::Option::Some(#v), }),
             "expect_err" => fields.push(quote! { expect_err: #v, }),
             "expect_scx_bpf_error_contains" => fields

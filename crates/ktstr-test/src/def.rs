@@ -22,6 +22,10 @@ pub struct Scheduler {
     pub name: &'static str,
     pub binary: SchedulerSpec,
     pub args: &'static [&'static str],
+    /// How long it may take to attach, s (0: the engine's default, 120 s
+    /// under TCG, 10 s with native KVM). A large BPF program (scx_lavd)
+    /// takes tens of seconds to verify under TCG.
+    pub attach_timeout_s: u64,
 }
 
 impl Scheduler {
@@ -30,7 +34,13 @@ impl Scheduler {
             name,
             binary: SchedulerSpec::Discover(name),
             args: &[],
+            attach_timeout_s: 0,
         }
+    }
+    /// Declare how long this scheduler may take to attach (s).
+    pub const fn attach_timeout_s(mut self, s: u64) -> Self {
+        self.attach_timeout_s = s;
+        self
     }
     pub const fn binary(mut self, b: SchedulerSpec) -> Self {
         self.binary = b;
@@ -60,6 +70,9 @@ pub struct TestDef {
     pub memory_mb: u32,
     pub duration_s: u64,
     pub watchdog_timeout_s: u64,
+    /// How long the scheduler may take to attach, s (0: the scheduler's
+    /// declaration, else the engine's default).
+    pub attach_timeout_s: u64,
     pub post_vm: Option<PostVm>,
     pub expect_err: bool,
     /// With `expect_err`: the scheduler's exit reason must contain this.
@@ -83,6 +96,7 @@ impl TestDef {
         memory_mb: 512,
         duration_s: 3,
         watchdog_timeout_s: 30,
+        attach_timeout_s: 0,
         post_vm: None,
         expect_err: false,
         expect_scx_bpf_error_contains: None,

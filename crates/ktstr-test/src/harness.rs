@@ -141,7 +141,7 @@ fn host_mode(def: &TestDef) {
         ],
         payload_env: vec![(GUEST_TEST_ENV.into(), exact_name(def))],
         vmcore: def.vmcore || std::env::var("KTSTR_VMCORE").is_ok_and(|v| v == "1"),
-        attach_timeout: None,
+        attach_timeout: attach_timeout(def),
         capture: match crate::host::failure::CaptureMode::from_env() {
             crate::host::failure::CaptureMode::Sampled => {
                 crate::host::failure::CaptureMode::Sampled
@@ -169,5 +169,35 @@ fn host_mode(def: &TestDef) {
     // A pass shows its measurements too (visible with `--nocapture`).
     if let Some(g) = &vr.guest_result {
         println!("ktstr test `{}` passed:\n{}", def.name, g.details_text());
+    }
+}
+
+/// The test's attach timeout, else its scheduler's declaration, else None
+/// (the engine's default).
+fn attach_timeout(def: &TestDef) -> Option<std::time::Duration> {
+    [
+        def.attach_timeout_s,
+        def.scheduler.map_or(0, |s| s.attach_timeout_s),
+    ]
+    .into_iter()
+    .find(|&s| s > 0)
+    .map(std::time::Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::def::Scheduler;
+    use std::time::Duration;
+
+    #[test]
+    fn attach_timeout_precedence() {
+        const S: Scheduler = Scheduler::named("scx_lavd").attach_timeout_s(90);
+        let mut d = TestDef::DEFAULT;
+        assert_eq!(attach_timeout(&d), None, "engine default");
+        d.scheduler = Some(S);
+        assert_eq!(attach_timeout(&d), Some(Duration::from_secs(90)));
+        d.attach_timeout_s = 20;
+        assert_eq!(attach_timeout(&d), Some(Duration::from_secs(20)));
     }
 }

@@ -60,6 +60,20 @@ pub fn mirror_from(text: &str) -> Option<String> {
     None
 }
 
+/// The machine's Debian codename (`bookworm`).
+pub fn codename() -> String {
+    fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("VERSION_CODENAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "bookworm".into())
+}
+
 /// A private apt state for one suite under `dir`.
 pub struct PrivateApt {
     dir: PathBuf,

@@ -57,20 +57,6 @@ pub struct Staged {
     pub version: String,
 }
 
-/// The machine's Debian codename (`bookworm`).
-pub fn codename() -> String {
-    fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("VERSION_CODENAME=")
-                    .map(|v| v.trim_matches('"').to_string())
-            })
-        })
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "bookworm".into())
-}
-
 /// The kernel version in a package name (`linux-binary-7.2.13+deb14-cloud-amd64`
 /// -> `7.2.13`), for a package of `flavor`; None for debug, unsigned,
 /// meta or other-flavor packages.
@@ -111,7 +97,7 @@ pub fn fetch(cache: &Cache, spec: &DebianSpec, log: &Path) -> Result<Staged> {
                 .into(),
         )
     })?;
-    let code = codename();
+    let code = apt::codename();
     let suites = [code.clone(), format!("{code}-backports"), "sid".to_string()];
     // (version, package, suite index)
     let mut best: Option<(String, String, usize)> = None;

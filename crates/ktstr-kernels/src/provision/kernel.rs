@@ -90,15 +90,7 @@ pub fn fetch_source(cache: &Cache, version: &str, log: &Path) -> Result<(PathBuf
     let mirror = apt::system_mirror().ok_or_else(|| {
         ProvisionError::Failed("no Debian mirror in the apt sources: pass --source DIR".into())
     })?;
-    let codename = fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("VERSION_CODENAME=")
-                    .map(|v| v.trim_matches('"').to_string())
-            })
-        })
-        .unwrap_or_else(|| "bookworm".into());
+    let codename = apt::codename();
     let pkg = format!("linux-source-{version}");
     let mut tried = Vec::new();
     // First the machine's own apt sources as they are (e.g. 6.12 lives in

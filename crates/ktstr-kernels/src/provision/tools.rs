@@ -210,7 +210,7 @@ pub fn ensure(wanted: &[Tool], log: &Path) -> Result<(), ProvisionError> {
 /// (bookworm's own QEMU 7.2 crashes guests under MTTCG when schedulers
 /// load and unload). Not root: the exact command to run.
 pub fn ensure_qemu(cache: &crate::Cache, log: &Path) -> Result<(), ProvisionError> {
-    let code = super::debian::codename();
+    let code = super::apt::codename();
     let backports = format!("{code}-backports");
     let mirror = super::apt::system_mirror();
     let shown = mirror.as_deref().unwrap_or("<your Debian mirror>");
