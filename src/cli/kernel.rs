@@ -17,7 +17,9 @@ pub enum KernelCmd {
         /// Kernel version to build: 7.2 or 6.12.
         #[arg(long, default_value = kernel::DEFAULT_VERSION)]
         version: String,
-        /// Build this existing kernel tree instead of downloading one.
+        /// Build this existing kernel tree instead of downloading one. A
+        /// clean git checkout is built once per HEAD and fragment (a second
+        /// build returns the cached kernel); a dirty tree is always rebuilt.
         #[arg(long, value_name = "DIR")]
         source: Option<PathBuf>,
         /// Parallel make jobs [default: number of CPUs].
@@ -27,6 +29,14 @@ pub enum KernelCmd {
         /// by drgn to open vmcores).
         #[arg(long)]
         keep_debug: bool,
+        /// `debug` adds PROVE_LOCKING, DEBUG_LOCKDEP and DEBUG_ATOMIC_SLEEP
+        /// (as the scx CI kernels run) and names the kernel `<version>-debug`.
+        #[arg(long, value_enum, default_value = "default")]
+        flavor: FlavorArg,
+        /// Merge this config fragment after ktstr's (and verify it survived
+        /// olddefconfig like ktstr's own options).
+        #[arg(long, value_name = "FILE")]
+        extra_kconfig: Option<PathBuf>,
     },
     /// Adopt a kernel: prebuilt artifacts (bzImage, vmlinux, config) from a
     /// directory such as ../shared/kernels/7.2, validated; or a
@@ -81,6 +91,13 @@ pub enum KernelCmd {
     },
 }
 
+/// `--flavor`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FlavorArg {
+    Default,
+    Debug,
+}
+
 pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
     let cache = cache(&cli.cache_dir)?;
     match cmd {
@@ -89,8 +106,15 @@ pub fn run(cli: &Cli, cmd: &KernelCmd) -> anyhow::Result<ExitCode> {
             source,
             jobs,
             keep_debug,
+            flavor,
+            extra_kconfig,
         } => {
             let mut opts = KernelBuildOptions::new(version);
+            opts.flavor = match flavor {
+                FlavorArg::Default => kernel::Flavor::Default,
+                FlavorArg::Debug => kernel::Flavor::Debug,
+            };
+            opts.extra_kconfig = extra_kconfig.clone();
             opts.source = source.clone();
             if let Some(j) = jobs {
                 opts.jobs = *j;

@@ -580,7 +580,7 @@ fn file_len(p: &Path) -> Result<u64> {
     Ok(fs::metadata(p).map_err(io(p))?.len())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

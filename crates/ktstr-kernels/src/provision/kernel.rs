@@ -29,6 +29,74 @@ pub struct KernelBuildOptions {
     /// Also keep the unstripped vmlinux (`vmlinux.debug`, with DWARF) for
     /// tools such as drgn that need it for vmcores.
     pub keep_debug: bool,
+    /// `debug` adds lockdep and atomic-sleep checking (as the scx CI runs)
+    /// and names the kernel `<version>-debug`.
+    pub flavor: Flavor,
+    /// A config fragment of the user's, merged after ktstr's and verified
+    /// the same way.
+    pub extra_kconfig: Option<PathBuf>,
+}
+
+/// Which kernel configuration on top of ktstr's fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    #[default]
+    Default,
+    /// + [`DEBUG_FRAGMENT`].
+    Debug,
+}
+
+/// What the `debug` flavor adds: the lock and sleep checkers the scx
+/// project's CI kernels run with.
+pub const DEBUG_FRAGMENT: &str = "\
+# ktstr debug flavor: lock correctness and sleeping-in-atomic checks
+CONFIG_PROVE_LOCKING=y
+CONFIG_DEBUG_LOCKDEP=y
+CONFIG_DEBUG_ATOMIC_SLEEP=y
+";
+
+impl KernelBuildOptions {
+    /// The fragment this build merges: ktstr's, the flavor's, the user's.
+    pub fn fragment(&self) -> Result<String> {
+        let mut f = config::FRAGMENT.to_string();
+        if self.flavor == Flavor::Debug {
+            f.push('\n');
+            f.push_str(DEBUG_FRAGMENT);
+        }
+        if let Some(p) = &self.extra_kconfig {
+            let extra = fs::read_to_string(p).map_err(|e| ProvisionError::io(p, e))?;
+            f.push_str(&format!("\n# from {}\n", p.display()));
+            f.push_str(&extra);
+        }
+        Ok(f)
+    }
+
+    /// The cache name of a build of a `version` tree.
+    pub fn cache_name(&self, version: &str) -> String {
+        match self.flavor {
+            Flavor::Default => version.to_string(),
+            Flavor::Debug => format!("{version}-debug"),
+        }
+    }
+}
+
+/// A source tree's identity for caching: `git HEAD` when the tree is a
+/// clean git checkout; None when it is dirty or not a git tree (then it is
+/// always rebuilt).
+pub fn tree_identity(tree: &Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(tree)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])?;
+    dirty.is_empty().then_some(head)
 }
 
 impl KernelBuildOptions {
@@ -38,6 +106,8 @@ impl KernelBuildOptions {
             source: None,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             keep_debug: false,
+            flavor: Flavor::Default,
+            extra_kconfig: None,
         }
     }
 }
@@ -199,9 +269,35 @@ pub fn build(cache: &Cache, opts: &KernelBuildOptions) -> Result<KernelManifest>
         }
         None => fetch_source(cache, &opts.version, &log)?,
     };
-    let name = tree_version(&tree)?;
+    let fragment = opts.fragment()?;
+    let frag_sha = crate::cache::hex(&<sha2::Sha256 as sha2::Digest>::digest(fragment.as_bytes()));
+    let name = opts.cache_name(&tree_version(&tree)?);
     validate_name(&name)?;
     let _lock = cache.lock(&format!("kernel-{name}"))?;
+    // A clean git tree is built once per HEAD and fragment.
+    let source_desc = match (&opts.source, opts.source.as_deref().and_then(tree_identity)) {
+        (Some(dir), Some(head)) => {
+            let desc = format!(
+                "tree {} at git {head}, fragment {}",
+                dir.display(),
+                &frag_sha[..12]
+            );
+            if cache.manifest(&name).is_ok_and(|m| m.source == desc) {
+                eprintln!("ktstr: kernel {name} is already built from {desc}");
+                return Ok(cache.manifest(&name)?);
+            }
+            desc
+        }
+        (Some(dir), None) => format!(
+            "tree {} (not a clean git checkout: rebuilt every time), fragment {}",
+            dir.display(),
+            &frag_sha[..12]
+        ),
+        (None, _) if opts.flavor != Flavor::Default || opts.extra_kconfig.is_some() => {
+            format!("{source_desc}, fragment {}", &frag_sha[..12])
+        }
+        (None, _) => source_desc,
+    };
     let pahole = pahole_for(cache, &name, &log)?;
 
     let make = |args: &[&str]| {
@@ -220,7 +316,7 @@ pub fn build(cache: &Cache, opts: &KernelBuildOptions) -> Result<KernelManifest>
         "make kvm_guest.config",
     )?;
     let frag = cache.work_dir().join("ktstr.config");
-    fs::write(&frag, config::FRAGMENT).map_err(|e| ProvisionError::io(&frag, e))?;
+    fs::write(&frag, &fragment).map_err(|e| ProvisionError::io(&frag, e))?;
     let mut merge = Command::new(tree.join("scripts/kconfig/merge_config.sh"));
     merge.current_dir(&tree).arg("-m").arg(".config").arg(&frag);
     run_logged(&mut merge, &log, "merge ktstr.config")?;
@@ -228,7 +324,7 @@ pub fn build(cache: &Cache, opts: &KernelBuildOptions) -> Result<KernelManifest>
     let dot_config_path = tree.join(".config");
     let dot_config = fs::read_to_string(&dot_config_path)
         .map_err(|e| ProvisionError::io(&dot_config_path, e))?;
-    let bad = config::verify(config::FRAGMENT, &dot_config);
+    let bad = config::verify(&fragment, &dot_config);
     if !bad.is_empty() {
         return Err(ProvisionError::Config(
             bad.iter()
@@ -350,5 +446,54 @@ mod tests {
         if seen == 0 {
             eprintln!("skipped: ../shared/kernels not beside the checkout");
         }
+    }
+
+    #[test]
+    fn debug_flavor_and_extra_fragment() {
+        let mut o = KernelBuildOptions::new("7.2");
+        assert_eq!(o.cache_name("7.2"), "7.2");
+        assert!(!o.fragment().unwrap().contains("CONFIG_PROVE_LOCKING=y"));
+        o.flavor = Flavor::Debug;
+        assert_eq!(o.cache_name("7.2"), "7.2-debug");
+        let dir = tempfile::tempdir().unwrap();
+        let extra = dir.path().join("extra.config");
+        fs::write(&extra, "CONFIG_KASAN=y\n").unwrap();
+        o.extra_kconfig = Some(extra);
+        let f = o.fragment().unwrap();
+        assert!(f.contains("CONFIG_PROVE_LOCKING=y") && f.contains("CONFIG_KASAN=y"));
+        assert!(f.starts_with(config::FRAGMENT));
+        // The debug fragment's `=y` wins over the base's "is not set",
+        // so the post-build verification asks for lockdep.
+        let prove = config::values(&f).remove("CONFIG_PROVE_LOCKING");
+        assert_eq!(prove.as_deref(), Some("y"));
+        o.extra_kconfig = Some(dir.path().join("missing"));
+        assert!(o.fragment().is_err());
+    }
+
+    #[test]
+    fn tree_identity_is_head_only_when_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(tree_identity(d), None, "not a git tree");
+        let git = |args: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(d)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        if !git(&["init", "-q"]).status.success() {
+            eprintln!("skipped: git unavailable");
+            return;
+        }
+        fs::write(d.join("Makefile"), "x\n").unwrap();
+        git(&["add", "Makefile"]);
+        git(&["commit", "-qm", "one"]);
+        let head = tree_identity(d).expect("clean tree has an identity");
+        assert_eq!(head.len(), 40);
+        fs::write(d.join("Makefile"), "y\n").unwrap();
+        assert_eq!(tree_identity(d), None, "dirty tree is rebuilt");
     }
 }
