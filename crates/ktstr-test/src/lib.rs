@@ -33,7 +33,8 @@ pub mod prelude {
     pub use crate::guest::ops::{HoldSpec, Op, Step, execute_steps};
     pub use crate::guest::scenario::{CgroupDef, execute_defs};
     pub use crate::guest::workload::{
-        AffinityIntent, SchedPolicy, WorkPhase, WorkType, WorkloadConfig, WorkloadHandle,
+        AffinityIntent, SchedPolicy, WorkPhase, WorkType, WorkerReport, WorkloadConfig,
+        WorkloadHandle,
     };
     pub use crate::host::cold::SnapshotBridge;
     pub use crate::result::VmResult;

@@ -91,6 +91,9 @@ pub struct WorkloadHandle {
 impl WorkloadHandle {
     /// Spawn the workers (they wait for [`WorkloadHandle::start`]).
     pub fn spawn(cfg: &WorkloadConfig) -> anyhow::Result<Self> {
+        cfg.work_type
+            .validate()
+            .map_err(|e| anyhow::anyhow!("work type {}: {e}", cfg.work_type.name()))?;
         let cpus = resolve_affinity(&cfg.affinity);
         let mut children = Vec::new();
         for index in 0..cfg.num_workers {
