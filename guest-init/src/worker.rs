@@ -33,22 +33,11 @@ fn setup(spec: &WorkerSpec, r: &mut WorkerReport) {
             r.errors.push(format!("join {p}: {e}"));
         }
     }
-    if !spec.cpus.is_empty() {
-        // SAFETY: zeroed cpu_set_t is valid; CPU_SET on indexes < 1024.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for &c in spec.cpus.iter().filter(|&&c| c < 1024) {
-            // SAFETY: index checked above.
-            unsafe { libc::CPU_SET(c as usize, &mut set) };
-        }
-        // SAFETY: valid set of the right size for pid 0 (ourselves).
-        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0
-        {
-            r.errors.push(format!(
-                "sched_setaffinity {:?}: {}",
-                spec.cpus,
-                std::io::Error::last_os_error()
-            ));
-        }
+    if !spec.cpus.is_empty()
+        && let Err(e) = set_affinity(&spec.cpus)
+    {
+        r.errors
+            .push(format!("sched_setaffinity {:?}: {e}", spec.cpus));
     }
     let (policy, prio) = match spec.policy {
         SchedPolicy::Normal => (libc::SCHED_OTHER, 0),
@@ -261,13 +250,19 @@ fn allowed_cpus() -> Vec<u32> {
         .collect()
 }
 
-fn pin_to(cpu: u32) -> bool {
-    // SAFETY: zeroed cpu_set_t is valid; `cpu` < 1024 (from allowed_cpus).
+/// Restrict this thread to `cpus` (indexes >= 1024 are ignored).
+fn set_affinity(cpus: &[u32]) -> std::io::Result<()> {
+    // SAFETY: zeroed cpu_set_t is valid; CPU_SET on indexes < 1024.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: index below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
-    // SAFETY: valid set of the right size for ourselves.
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
+    for &c in cpus.iter().filter(|&&c| c < 1024) {
+        // SAFETY: index checked above.
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    // SAFETY: valid set of the right size for pid 0 (ourselves).
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Spin, move itself to another CPU of its allowed set, yield.
@@ -286,7 +281,7 @@ fn affinity_churn(spin: u64, m: &mut Meter, stop: &AtomicBool) {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let target = cpus[(rng % cpus.len() as u64) as usize];
-        if pin_to(target) {
+        if set_affinity(&[target]).is_ok() {
             m.count("affinity_moves");
         }
         // SAFETY: no arguments.
@@ -332,10 +327,7 @@ fn timer_latency(interval_us: u64, m: &mut Meter, stop: &AtomicBool) {
 fn spin_for(d: Duration, m: &mut Meter, stop: &AtomicBool) {
     let end = Instant::now() + d;
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-        let mut x = 0u64;
-        for i in 0..2000u64 {
-            x = std::hint::black_box(x.wrapping_add(i));
-        }
+        spin_iters(2000);
         m.tick();
     }
 }
