@@ -185,6 +185,15 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     parts(a).cmp(&parts(b))
 }
 
+/// A name that is only a version (`7.2`, `6.12.117`): a plain build of
+/// the project's config, neither a flavor nor a distro kernel.
+pub fn is_plain_version(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl Cache {
     /// The cache named by the environment.
     pub fn from_env() -> Result<Self> {
@@ -277,9 +286,17 @@ impl Cache {
         })
     }
 
-    /// The default kernel: the newest cached version.
+    /// The default kernel: the newest cached plain build (a name that is a
+    /// bare version such as `7.2`). Flavored builds (`7.2-debug`: lockdep
+    /// makes it several times slower) and distro kernels (`debian-7.2-cloud`)
+    /// are booted only when asked for by name, unless nothing else is cached.
     pub fn default_kernel(&self) -> Result<Option<KernelArtifacts>> {
-        match self.list_kernels()?.first() {
+        let kernels = self.list_kernels()?;
+        let pick = kernels
+            .iter()
+            .find(|m| is_plain_version(&m.name))
+            .or_else(|| kernels.first());
+        match pick {
             Some(m) => self.kernel(&m.name).map(Some),
             None => Ok(None),
         }
@@ -682,6 +699,28 @@ mod tests {
             .collect();
         assert!(strays.is_empty(), "{strays:?}");
         assert_eq!(cache.default_kernel().unwrap().unwrap().name, "7.2");
+        // A debug flavor and a distro kernel sort newer but never become
+        // the default while a plain build is cached.
+        for n in ["7.2-debug", "debian-7.3-cloud"] {
+            cache
+                .import_kernel(&t.path().join("src/7.2"), Some(n))
+                .unwrap();
+        }
+        assert_eq!(cache.default_kernel().unwrap().unwrap().name, "7.2");
+        cache.remove_kernel("7.2").unwrap();
+        cache.remove_kernel("6.12").unwrap();
+        // With only those cached, the newest of them is still a default.
+        assert!(cache.default_kernel().unwrap().is_some());
+    }
+
+    #[test]
+    fn plain_versions_are_bare_numbers() {
+        for n in ["7.2", "6.12.117", "7"] {
+            assert!(is_plain_version(n), "{n}");
+        }
+        for n in ["", "7.2-debug", "debian-7.2-cloud", "7..2", "7.2."] {
+            assert!(!is_plain_version(n), "{n}");
+        }
     }
 
     #[test]
