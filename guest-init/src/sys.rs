@@ -1,5 +1,5 @@
 //! Thin, checked wrappers over the syscalls PID 1 needs: mount, reboot,
-//! mknod, pidfd, waitid, poll, inotify.
+//! mknod, pidfd, waitid, poll, inotify, affinity, futex.
 
 use std::ffi::CString;
 use std::io;
@@ -179,4 +179,54 @@ impl Inotify {
         }
         ready
     }
+}
+
+/// The CPUs this thread may run on now.
+pub fn allowed_cpus() -> Vec<u32> {
+    // SAFETY: zeroed cpu_set_t is a valid out-parameter.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid set of the right size for ourselves.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Vec::new();
+    }
+    // SAFETY: indexes below CPU_SETSIZE.
+    (0..1024u32)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) })
+        .collect()
+}
+
+/// Restrict this thread to `cpus` (indexes >= 1024 are ignored).
+pub fn set_affinity(cpus: &[u32]) -> std::io::Result<()> {
+    // SAFETY: zeroed cpu_set_t is valid; CPU_SET on indexes < 1024.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c < 1024) {
+        // SAFETY: index checked above.
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    // SAFETY: valid set of the right size for pid 0 (ourselves).
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn futex(word: &std::sync::atomic::AtomicU32, op: i32, val: u32) {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    // SAFETY: `word` is a live, aligned u32 for the duration of the call;
+    // the timeout bounds FUTEX_WAIT so a stop is always noticed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            &ts as *const libc::timespec,
+            0,
+            0,
+        )
+    };
 }
