@@ -183,10 +183,10 @@ fn wake_chains_make_progress(ctx: &Ctx) -> Result<AssertResult> {
         vec![
             CgroupDef::named("pipes")
                 .workers(2)
-                .work_type(WorkType::PipeIo),
+                .work_type(WorkType::pipe_io(1024)),
             CgroupDef::named("futexes")
                 .workers(2)
-                .work_type(WorkType::FutexPingPong),
+                .work_type(WorkType::futex_ping_pong(1024)),
         ],
     )
 }

@@ -51,7 +51,9 @@ fn matrix(_ctx: &Ctx) -> Result<AssertResult> {
         let Some(w) = WorkType::from_name(name) else {
             continue; // Sequence: covered by the cold-path and scenario tests
         };
-        let reports = run_one(&w, 2)?;
+        // Grouped types run one group; the others two workers.
+        let workers = w.worker_group_size().map_or(2, |g| g as u32);
+        let reports = run_one(&w, workers)?;
         for r in &reports {
             a.check(
                 &format!("{name}_progress"),
@@ -100,6 +102,79 @@ fn matrix(_ctx: &Ctx) -> Result<AssertResult> {
             "NiceSweep" => {
                 let n: u64 = reports.iter().map(|r| counter(r, "nice_changes")).sum();
                 a.check("NiceSweep_changes", n > 0, format!("{n} nice changes"));
+            }
+            "PolicyChurn" => {
+                let n: u64 = reports.iter().map(|r| counter(r, "policy_changes")).sum();
+                a.check("PolicyChurn_changes", n > 0, format!("{n} policy changes"));
+            }
+            "IoSyncWrite" => {
+                let n: u64 = reports.iter().map(|r| counter(r, "fsyncs")).sum();
+                a.check("IoSyncWrite_fsyncs", n > 0, format!("{n} fdatasyncs"));
+            }
+            "PageFaultChurn" => {
+                for r in &reports {
+                    // 256 random touches of 1024 pages fault ~226 distinct
+                    // pages per cycle (repeats hit a page already in).
+                    let f = counter(r, "minor_faults");
+                    a.check(
+                        "PageFaultChurn_faults",
+                        r.iterations > 0 && f >= 150 * r.iterations,
+                        format!("{f} minor faults over {} cycles", r.iterations),
+                    );
+                }
+            }
+            "CgroupChurn" => {
+                for r in &reports {
+                    let seen = (0..2)
+                        .map(|g| counter(r, &format!("seen_in_{g}")))
+                        .collect::<Vec<_>>();
+                    a.check(
+                        "CgroupChurn_seen_in_each",
+                        seen.iter().all(|&n| n > 0),
+                        format!(
+                            "worker {}: seen {seen:?} times in wt-cgroup-churn-0/1",
+                            r.index
+                        ),
+                    );
+                }
+            }
+            "SignalStorm" => {
+                let n: u64 = reports.iter().map(|r| counter(r, "signals_received")).sum();
+                a.check(
+                    "SignalStorm_delivered",
+                    n > 0,
+                    format!("{n} signals received"),
+                );
+            }
+            "EpollStorm" => {
+                let n: u64 = reports.iter().map(|r| counter(r, "events_received")).sum();
+                a.check("EpollStorm_consumed", n > 0, format!("{n} events consumed"));
+            }
+            "AluHot" => {
+                let bits = counter(&reports[0], "alu_width_bits");
+                a.check(
+                    "AluHot_vector",
+                    bits >= 128,
+                    format!("Widest ran at {bits} bits"),
+                );
+            }
+            // Every member of a wake type measured wakes: waiters of the
+            // herd, receivers of the fan-outs, every hop of the chain,
+            // both sides of the pairs (the messengers measure none).
+            "ThunderingHerd" | "FutexFanOut" | "FanOutCompute" | "WakeChain" | "PipeIo"
+            | "FutexPingPong" | "CachePipe" => {
+                let skip_messenger =
+                    matches!(*name, "ThunderingHerd" | "FutexFanOut" | "FanOutCompute");
+                for r in reports.iter().skip(usize::from(skip_messenger)) {
+                    a.check(
+                        &format!("{name}_wakes_measured"),
+                        r.wake_sample_total > 0 && r.wake_latency_ns.len() == 5,
+                        format!(
+                            "worker {}: {} wake samples, {:?} ns",
+                            r.index, r.wake_sample_total, r.wake_latency_ns
+                        ),
+                    );
+                }
             }
             _ => {}
         }

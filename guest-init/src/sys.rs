@@ -211,22 +211,35 @@ pub fn set_affinity(cpus: &[u32]) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn futex(word: &std::sync::atomic::AtomicU32, op: i32, val: u32) {
+/// FUTEX_WAIT on `word` while it holds `val`, for at most 50 ms (so a
+/// stop is always noticed). Not FUTEX_PRIVATE: the word may live in a
+/// mapping shared between processes. True if the wait slept and was woken
+/// (as opposed to value mismatch, timeout or signal).
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, val: u32) -> bool {
     let ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 50_000_000,
     };
     // SAFETY: `word` is a live, aligned u32 for the duration of the call;
-    // the timeout bounds FUTEX_WAIT so a stop is always noticed.
-    unsafe {
+    // the timeout is a valid timespec.
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
-            op | libc::FUTEX_PRIVATE_FLAG,
+            libc::FUTEX_WAIT,
             val,
             &ts as *const libc::timespec,
             0,
             0,
         )
     };
+    rc == 0
+}
+
+/// FUTEX_WAKE up to `n` waiters on `word`; how many were woken.
+pub fn futex_wake(word: &std::sync::atomic::AtomicU32, n: u32) -> u32 {
+    let n = n.min(i32::MAX as u32);
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE reads no timeout.
+    let rc = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n, 0, 0, 0) };
+    u32::try_from(rc).unwrap_or(0)
 }

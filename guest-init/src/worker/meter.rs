@@ -105,9 +105,14 @@ impl Meter {
     }
 
     pub(super) fn count(&mut self, name: &str) {
-        match self.r.counters.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) => *v += 1,
-            None => self.r.counters.push((name.to_string(), 1)),
+        self.add(name, 1);
+    }
+
+    /// Add `n` to work-type counter `name`.
+    pub(super) fn add(&mut self, name: &str, n: u64) {
+        match self.r.counters.iter_mut().find(|(c, _)| c == name) {
+            Some((_, v)) => *v = v.saturating_add(n),
+            None => self.r.counters.push((name.to_string(), n)),
         }
     }
 }

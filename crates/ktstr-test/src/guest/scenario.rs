@@ -264,8 +264,8 @@ pub fn builtin_defs(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<CgroupDef>> {
         }
         "wake-chains" => vec![
             CgroupDef::named("chains")
-                .workers(n)
-                .work_type(WorkType::PipeIo),
+                .workers(2 * n)
+                .work_type(WorkType::pipe_io(1024)),
         ],
         other => anyhow::bail!(
             "unknown scenario `{other}`; built-in: {}",

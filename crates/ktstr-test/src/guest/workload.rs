@@ -3,10 +3,13 @@
 //! they measured. Workers are guest-init's `worker` helper (`/init worker
 //! <spec>`), so the test binary never forks itself.
 
+use ktstr_wire::worker::{GROUP_SHM_BYTES, GroupSpec, WorkerSpec, from_hex, to_hex};
 pub use ktstr_wire::worker::{SchedPolicy, WorkPhase, WorkType, WorkerReport};
-use ktstr_wire::worker::{WorkerSpec, from_hex, to_hex};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where workers may run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -86,6 +89,23 @@ pub fn resolve_affinity(a: &AffinityIntent) -> Vec<u32> {
 pub struct WorkloadHandle {
     children: Vec<Child>,
     started: bool,
+    /// Group directories to remove at the end.
+    group_dirs: Vec<PathBuf>,
+}
+
+/// Distinguishes the group directories of handles in one process.
+static HANDLE_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Create group `g`'s meeting place: a directory on the guest's tmpfs with
+/// the shared file its members map.
+fn make_group_dir(seq: u32, g: u32) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ktstr-group-{}-{seq}-{g}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::File::create(dir.join("shm")))
+        .and_then(|f| f.set_len(GROUP_SHM_BYTES as u64))
+        .map_err(|e| anyhow::anyhow!("worker group directory {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 impl WorkloadHandle {
@@ -94,9 +114,48 @@ impl WorkloadHandle {
         cfg.work_type
             .validate()
             .map_err(|e| anyhow::anyhow!("work type {}: {e}", cfg.work_type.name()))?;
+        cfg.sched_policy
+            .validate()
+            .map_err(|e| anyhow::anyhow!("sched_policy: {e}"))?;
+        // validate() bounded group sizes to MAX_GROUP_SIZE.
+        let group_size = cfg.work_type.worker_group_size().map(|g| g as u32);
+        if let Some(g) = group_size
+            && (cfg.num_workers == 0 || !cfg.num_workers.is_multiple_of(g))
+        {
+            anyhow::bail!(
+                "work type {} runs in groups of {g} workers; num_workers {} is not a \
+                 multiple of {g} (use {})",
+                cfg.work_type.name(),
+                cfg.num_workers,
+                cfg.num_workers.div_ceil(g).max(1) * g
+            );
+        }
         let cpus = resolve_affinity(&cfg.affinity);
-        let mut children = Vec::new();
+        let mut handle = Self {
+            children: Vec::new(),
+            started: false,
+            group_dirs: Vec::new(),
+        };
+        let seq = HANDLE_SEQ.fetch_add(1, Ordering::Relaxed);
         for index in 0..cfg.num_workers {
+            let group = match group_size {
+                Some(size) => {
+                    let (g, member) = (index / size, index % size);
+                    if member == 0 {
+                        handle.group_dirs.push(make_group_dir(seq, g)?);
+                    }
+                    let dir = handle
+                        .group_dirs
+                        .last()
+                        .map(|d| d.to_string_lossy().into_owned());
+                    Some(GroupSpec {
+                        dir: dir.unwrap_or_default(),
+                        member,
+                        size,
+                    })
+                }
+                None => None,
+            };
             let spec = WorkerSpec {
                 index,
                 work: cfg.work_type.clone(),
@@ -104,21 +163,22 @@ impl WorkloadHandle {
                 nice: cfg.nice,
                 cpus: cpus.clone(),
                 cgroup: cfg.cgroup.clone(),
+                group,
             };
+            // Each worker leads its own process group, so teardown also
+            // kills whatever it spawned.
             let child = Command::new(WORKER_BIN)
                 .arg("worker")
+                .process_group(0)
                 .arg(to_hex(&spec))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .map_err(|e| anyhow::anyhow!("spawn worker {index} ({WORKER_BIN} worker): {e}; workloads run inside ktstr guests"))?;
-            children.push(child);
+            handle.children.push(child);
         }
-        Ok(Self {
-            children,
-            started: false,
-        })
+        Ok(handle)
     }
 
     /// Release every worker at once.
@@ -178,8 +238,15 @@ impl WorkloadHandle {
 impl Drop for WorkloadHandle {
     fn drop(&mut self) {
         for c in &mut self.children {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: signalling the process group this worker leads.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for d in &self.group_dirs {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
